@@ -1,0 +1,8 @@
+# Sourced by .ci scripts: offline hubs, no telemetry, all state inside the checkout.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export HF_HOME="$ROOT/.hf" TOKENIZERS_PARALLELISM=false
+export PREFECT_HOME="$ROOT/.prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90
+export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
+export PLOP_HOME="${PLOP_HOME:-$ROOT/.plop}"

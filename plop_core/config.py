@@ -1,0 +1,217 @@
+"""The one configuration schema (pydantic) behind the CLI, the flows and the deployments.
+
+Why one schema: a sweep YAML, a `prefect deployment run --param`, and `plop score --flag` must mean
+the same thing. Every section is a small model with defaults taken from the paper (scaled to the
+hardware where noted); unknown keys are errors (`extra="forbid"`) so a typo never silently falls back
+to a default. `load_sweep_config(path, overrides)` reads YAML and applies `key.sub=value` overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ESTIMATORS = ("probe", "reference", "analytic")
+STRATEGIES = ("plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    """Where a model comes from: a hub id, a local folder, or a named offline asset (see `plop assets list`)."""
+
+    id: str = Field(description="hub id (org/name), local folder path, or offline asset name")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); ignored for local paths")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="dtype the model is loaded in; scoring math is always fp32"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless you ask")
+    name: str | None = Field(None, description="short label used in paths and MLflow; default derived from id")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return self.id.rstrip("/").split("/")[-1]
+
+
+class SamplingConfig(_Strict):
+    n_samples: int = Field(128, ge=1, description="sequences drawn from the task for scoring")
+    seed: int = Field(0, description="sampling seed: the same seed gives the same rows on any machine")
+    max_length: int = Field(256, ge=1, description="tokens per sequence for scoring (longer ones are truncated)")
+    split: str = Field("train", description="task split to sample from")
+    allow_smaller: bool = Field(False, description="accept a source smaller than n_samples instead of failing")
+
+
+class ScorerConfig(_Strict):
+    estimator: Literal["probe", "reference", "analytic"] = Field("probe", description="baseline estimator of rho(W)")
+    n_probe: int = Field(512, ge=8, description="unit vectors per weight for the `probe` estimator")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    seed: int = Field(0, description="seed of the random vectors (probe/reference) and the bootstrap")
+    n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over sequences (0 disables intervals)")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the per-type intervals")
+    include_padding: bool = Field(False, description="reproduce the authors' code: average over padding tokens too")
+
+
+class SelectionConfig(_Strict):
+    strategy: Literal["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default"] = Field(
+        "plop", description="placement strategy"
+    )
+    k: int = Field(3, ge=1, description="number of module types chosen by plop / plop_inverse / random")
+    seed: int = Field(0, description="seed of the `random` strategy")
+
+
+class LoraRecipe(_Strict):
+    r: int = Field(16, ge=1, description="LoRA rank of the reference (plop) arm")
+    lora_alpha: int | None = Field(None, description="LoRA alpha; default 2*r as in the paper")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FinetuneConfig(_Strict):
+    method: Literal["sft", "grpo", "none"] = Field("sft", description="finetuning method, or none to score only")
+    arms: list[str] = Field(
+        default_factory=lambda: ["plop", "attn", "mlp", "all"],
+        description="strategies to compare, or explicit module-type lists like 'q,v'",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], description="training seeds per arm")
+    budget_match: bool = Field(True, description="choose each arm's rank to match the plop arm's trainable params")
+    lora: LoraRecipe = Field(default_factory=LoraRecipe)
+    train_samples: int = Field(256, ge=1, description="training rows drawn from the task's train split")
+    max_steps: int = Field(50, ge=1)
+    learning_rate: float = Field(4e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(512, ge=8)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    num_generations: int = Field(4, ge=2, description="GRPO completions per prompt")
+    max_completion_length: int = Field(64, ge=1, description="GRPO completion tokens")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="extra TRL config keys passed through")
+
+
+class EvalConfig(_Strict):
+    metrics: list[Literal["nll", "exact_match", "multiple_choice"]] = Field(
+        default_factory=lambda: ["nll"], description="metrics; nll is cheap and low-variance on CPU"
+    )
+    n_samples: int = Field(64, ge=1, description="held-out rows evaluated (disjoint from training rows)")
+    max_new_tokens: int = Field(256, ge=1, description="generation budget for exact_match")
+    batch_size: int = Field(8, ge=1)
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_cell: float = Field(1, gt=0, description="Ray CPUs reserved per scoring/finetune task")
+    gpus_per_cell: float = Field(0, ge=0, description="Ray GPUs reserved per scoring/finetune task")
+    memory_gb_per_cell: float | None = Field(None, gt=0, description="Ray memory reservation per task (GiB)")
+    ray_address: str | None = Field(None, description="Ray cluster address; default: $RAY_ADDRESS or local Ray")
+    use_ray: bool = Field(True, description="run cells on Ray (False: Prefect's process pool)")
+
+
+class OutputsConfig(_Strict):
+    root: str = Field("results", description="results root: Parquet dataset, MLflow store, PNGs")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite under root")
+    experiment: str = Field("plop", description="MLflow experiment name")
+
+
+class SweepConfig(_Strict):
+    """A sweep: models x tasks, scored, selected, optionally finetuned and evaluated."""
+
+    name: str = Field("sweep", description="sweep name (MLflow parent run, Prefect flow-run name)")
+    models: list[ModelSpec] = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1, description="task names (`plop tasks list`) or local data files")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="none"))
+    finetune_tasks: list[str] | None = Field(None, description="tasks to finetune on; default all tasks")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_as_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"id": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @model_validator(mode="after")
+    def _finetune_tasks_known(self) -> SweepConfig:
+        if self.finetune_tasks:
+            unknown = [t for t in self.finetune_tasks if t not in self.tasks]
+            if unknown:
+                raise ValueError(f"finetune_tasks {unknown} are not in tasks {self.tasks}; add them to `tasks`")
+        return self
+
+
+def config_hash(*parts: BaseModel | dict | str | int | float | None) -> str:
+    """Stable short hash of configs and values (sorted JSON), used in cache keys and provenance."""
+    norm = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    return hashlib.sha256(json.dumps(norm, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A configuration that does not validate; the message names each field and what to change."""
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling (see `plop sweep --help` or docs/config.md)"
+        elif e["type"] == "missing":
+            msg = "required field is missing; add it"
+        lines.append(f"  - {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. sampling.n_samples=64)")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply `a.b.c=value` strings (values parsed as YAML) to a nested dict, returning a new dict."""
+    data = json.loads(json.dumps(data))
+    for text in overrides or []:
+        path, value = _parse_override(text)
+        node = data
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {p!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_sweep_config(source: str | Path | dict, overrides: list[str] | None = None) -> SweepConfig:
+    """Read a sweep YAML (or dict), apply `key=value` overrides, validate with readable errors."""
+    import yaml
+
+    if isinstance(source, dict):
+        data, where = source, "the given dict"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"sweep config {str(path)!r} not found; see deploy/sweeps/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        where = str(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (name, models, tasks, ...)")
+    data = apply_overrides(data, overrides)
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, where)) from None

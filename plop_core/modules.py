@@ -17,6 +17,12 @@ _NAME_TO_TYPE = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
 
 
 @dataclass(frozen=True)
+class Part:
+    type: str
+    rows: tuple[int, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Candidate:
     name: str
     layer: int
@@ -24,7 +30,7 @@ class Candidate:
     d_in: int
     d_out: int
     kind: str = "linear"
-    parts: tuple[tuple[str, int, int], ...] = ()
+    parts: tuple["Part", ...] = ()
     param: str | None = None
 
 

@@ -1,0 +1,68 @@
+"""`plop score`: NFN scores of one model on one task, the chosen placement, and a ready LoraConfig.
+
+Usage:
+    plop score --model smollm2-135m-instruct --data gsm8k --n-samples 128 --max-length 256 --out results/score
+    plop score --model ./my-model --data my.jsonl --text-column text --estimator reference --k 3
+
+Writes into --out (each file atomically): modules.parquet (per module), types.parquet (per type),
+parts.parquet (fused parts, if any), placement.json, lora_config.json, sample.parquet, nfn_heatmap.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, ScorerConfig, SelectionConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a model's modules by NFN on a task and choose where LoRA goes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="offline asset name (plop assets list), local folder, or hub id")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="load dtype (scoring math is fp32 regardless)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    p.add_argument("--data", required=True, help="task name (plop tasks list) or a local .jsonl/.csv/.parquet file")
+    p.add_argument("--text-column", default=None, help="for a local file: the column holding the text to score")
+    p.add_argument("--split", default="train", help="task split to sample from (default: train)")
+    p.add_argument("--n-samples", type=int, default=128, help="sequences to score (default: 128)")
+    p.add_argument("--allow-smaller", action="store_true", help="accept fewer rows than --n-samples")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence; longer ones are truncated")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--estimator", default="probe", choices=["probe", "reference", "analytic"],
+                   help="baseline estimator of rho(W) (default: probe)")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples over sequences (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling, probes and bootstrap")
+    p.add_argument("--strategy", default="plop", choices=list(STRATEGIES), help="placement strategy")
+    p.add_argument("--k", type=int, default=3, help="module types chosen by plop/plop_inverse/random")
+    p.add_argument("--r", type=int, default=16, help="LoRA rank written into lora_config.json")
+    p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2*r)")
+    p.add_argument("--out", default="results/score", help="output folder (default: results/score)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Validate every flag through the shared schema before loading anything heavy.
+    spec = ModelSpec(id=args.model, revision=args.revision, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    sampling = SamplingConfig(n_samples=args.n_samples, seed=args.seed, max_length=args.max_length,
+                              split=args.split, allow_smaller=args.allow_smaller)
+    scorer = ScorerConfig(estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
+                          n_bootstrap=args.n_bootstrap)
+    selection = SelectionConfig(strategy=args.strategy, k=args.k, seed=args.seed)
+
+    from plop_core.scoring_run import print_cell, score_cell
+
+    cell = score_cell(spec, args.data, sampling, scorer, selection, out_dir=Path(args.out),
+                      text_column=args.text_column, r=args.r, lora_alpha=args.lora_alpha,
+                      progress=not args.no_progress)
+    print_cell(cell)
+    print(json.dumps({"out": str(Path(args.out).resolve())}))
+    return 0

@@ -88,8 +88,17 @@ class FinetuneConfig(_Strict):
     batch_size: int = Field(4, ge=1)
     max_length: int = Field(512, ge=8)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler_type: str = Field("cosine", description="learning-rate schedule (the paper: cosine)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     num_generations: int = Field(4, ge=2, description="GRPO completions per prompt")
     max_completion_length: int = Field(64, ge=1, description="GRPO completion tokens")
+    grpo_learning_rate: float | None = Field(
+        None, gt=0, description="GRPO learning rate (the paper: 5e-6); default: learning_rate"
+    )
+    grpo_temperature: float = Field(1.0, gt=0, description="GRPO sampling temperature")
+    rewards: list[str] = Field(
+        default_factory=lambda: ["format", "correctness"], description="GRPO rewards (plop_core.train.rewards)"
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra TRL config keys passed through")
 
 
@@ -99,6 +108,9 @@ class EvalConfig(_Strict):
     )
     n_samples: int = Field(64, ge=1, description="held-out rows evaluated (disjoint from training rows)")
     max_new_tokens: int = Field(256, ge=1, description="generation budget for exact_match")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of every metric interval")
+    n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over rows for nll intervals")
+    rel_tol: float = Field(1e-4, ge=0, description="relative tolerance of exact_match numeric comparison")
     batch_size: int = Field(8, ge=1)
 
 

@@ -129,6 +129,12 @@ class Sample:
         return cls(rows=rows, texts=list(cols["text"]), sample_hash=digest, meta=meta)
 
 
+def _plop_version() -> str:
+    import importlib
+
+    return str(getattr(importlib.import_module("plop_core"), "__version__", "unknown"))
+
+
 def sample_task(task: str | TaskSpec, n: int, seed: int = 0, split: str = "train", allow_smaller: bool = False,
                 stratify: bool = True, source: str = "auto") -> Sample:
     """Draw `n` rows of `task`'s `split` deterministically by `seed` (see module docstring).
@@ -136,7 +142,6 @@ def sample_task(task: str | TaskSpec, n: int, seed: int = 0, split: str = "train
     Stratified by the task's category column when it has one. A split smaller than `n` is an error
     unless `allow_smaller=True` (then all rows are taken and `meta["n"]` says how many).
     """
-    from plop_core import __version__
     from plop_core.data.custom import resolve_task
 
     spec = resolve_task(task)
@@ -146,7 +151,7 @@ def sample_task(task: str | TaskSpec, n: int, seed: int = 0, split: str = "train
     if n > len(rows) and not allow_smaller:
         raise ValueError(f"task {spec.name!r} split {split!r} has {len(rows)} rows, fewer than the {n} requested; "
                          f"ask for n <= {len(rows)}, pass allow_smaller=True (sampling.allow_smaller) to take all "
-                         f"of them, or choose a larger split ({spec.split_note})")
+                         f"of them, or choose a larger split (`plop tasks show {spec.name}` lists them)")
     key = {r["id"]: _rank_key(seed, spec.name, r["id"]) for r in rows}
     by_key = sorted(rows, key=lambda r: key[r["id"]])
     cats = [spec.category(r) for r in by_key] if spec.category_column else None
@@ -170,7 +175,7 @@ def sample_task(task: str | TaskSpec, n: int, seed: int = 0, split: str = "train
             "n_split": len(rows), "stratified": bool(stratify and cats is not None),
             "category_column": spec.category_column, "metric": spec.metric,
             "categories": dict(sorted(Counter(r.get("_category") for r in chosen).items())) if cats else {},
-            "plop_version": __version__, "split_note": spec.split_note, **spec.describe_source(source)}
+            "plop_version": _plop_version(), "split_note": spec.split_note, **spec.describe_source(source)}
     return Sample(rows=chosen, texts=texts, sample_hash=digest, meta=meta)
 
 

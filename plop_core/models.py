@@ -1,0 +1,253 @@
+"""Load a model from a local folder, a named offline asset or a hub id, and record its identity.
+
+Why: every score must say exactly which weights produced it. `load_model` resolves a `ModelSpec` (or a
+string) in a fixed order: an existing local path, then a known offline asset name (fetched on first
+use), then a hub id. It always loads safetensors, never runs remote code unless the spec asks, and
+returns a `LoadedModel(model, tokenizer, identity)`. `ModelIdentity` holds the source, id, path, hub
+revision or the sha256 of the weight files, dtype and shape facts; `identity_key` is its short stable
+hash for cache keys. Hashing the weights takes ~1 s per GB, so the digest is cached in a sidecar under
+PLOP_HOME/hashes keyed by each file's size and mtime.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from plop_core import assets
+from plop_core.config import ModelSpec
+from plop_core.env import hub_offline, plop_home
+
+TASKS = ("causal-lm", "auto", "encoder")
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",
+                 "albert", "mpnet", "modernbert"}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What was loaded, recorded with every score."""
+
+    source: str  # "asset" | "local" | "hub"
+    id: str  # asset name, path as given, or hub id
+    path: str | None  # resolved folder (None for hub models)
+    revision: str | None  # hub commit hash (or the requested revision if the commit is unknown)
+    sha256: str | None  # digest of the weight files (local and asset)
+    dtype: str
+    architecture: str
+    model_type: str
+    n_params: int
+    num_layers: int | None
+    task: str  # "causal-lm" | "encoder"
+    pad_token: str | None = None  # the pad token in use
+    pad_from_eos: bool = False  # True when the tokenizer had no pad token and eos is used instead
+    asset_source_sha256: str | None = None  # assets: sha256 of the verified GGUF / source file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    identity: ModelIdentity
+
+
+def identity_key(identity: ModelIdentity | dict) -> str:
+    """Short stable hash naming the weights + dtype (not where they sit): same weights, same key."""
+    d = identity.to_dict() if isinstance(identity, ModelIdentity) else identity
+    what = {"sha256": d["sha256"]} if d.get("sha256") else {"id": d["id"], "revision": d.get("revision")}
+    blob = json.dumps({**what, "dtype": d["dtype"], "task": d.get("task")}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- weight digests
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+
+
+def weights_sha256(folder: str | Path, cache: bool = True, known: str | None = None) -> str:
+    """sha256 of a model folder's safetensors files: the file's own sha256 when there is one file, else
+    the sha256 of the sorted 'name sha256' lines. Cached by (name, size, mtime) in PLOP_HOME/hashes.
+    `known`: a digest just computed elsewhere (e.g. before a rename); stored without hashing again."""
+    folder = Path(folder).resolve()
+    files = _weight_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weight files in {folder}")
+    stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    side = plop_home() / "hashes" / (hashlib.sha256(str(folder).encode()).hexdigest()[:24] + ".json")
+    if cache and known is None:
+        try:
+            rec = json.loads(side.read_text())
+            if rec["stats"] == stats:
+                return rec["sha256"]
+        except (OSError, ValueError, KeyError):
+            pass
+    per = [] if known else [assets.sha256_file(f) for f in files]
+    if known:
+        digest = known
+    elif len(files) == 1:
+        digest = per[0]
+    else:
+        digest = hashlib.sha256("".join(f"{f.name} {h}\n" for f, h in zip(files, per)).encode()).hexdigest()
+    if cache:
+        side.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"path": str(folder), "stats": stats, "sha256": digest}, fh)
+        os.replace(tmp, side)
+    return digest
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("/", "./", "../", "~", ".\\")) or "\\" in s or s.count("/") > 1 or s in (".", "..")
+
+
+def _offline_error(model_id: str) -> ValueError:
+    near = difflib.get_close_matches(model_id.split("/")[-1].lower(), list(assets.ASSETS), n=1, cutoff=0.3)
+    hint = f" (closest asset: {near[0]})" if near else ""
+    return ValueError(
+        f"model {model_id!r} is not a local folder or an offline asset, and the hub is offline "
+        f"(HF_HUB_OFFLINE=1) with no cached copy. Use an offline asset{hint}: "
+        f"{', '.join(assets.ASSETS)} (`plop assets list`), or a local folder path holding config.json "
+        f"and *.safetensors, or allow downloads with HF_HUB_OFFLINE=0 on a machine that reaches the hub."
+    )
+
+
+def _check_local(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model path {folder} is a file, not a folder; pass the folder that holds config.json")
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"model folder {folder} has no config.json; pass a folder made by save_pretrained")
+    if not _weight_files(folder):
+        bins = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+        extra = (f" It holds {', '.join(bins[:3])} (pickle): plop loads safetensors only; convert once with "
+                 f"`AutoModel.from_pretrained(folder).save_pretrained(new_folder)` in a trusted environment."
+                 if bins else "")
+        raise FileNotFoundError(f"model folder {folder} has no *.safetensors weights.{extra}")
+
+
+def resolve(spec: ModelSpec | str, progress: bool = True) -> tuple[str, str, Path | None]:
+    """(source, id, folder) for a spec: local path first, then an asset name (fetched if missing), else hub."""
+    spec = ModelSpec(id=spec) if isinstance(spec, str) else spec
+    mid = spec.id
+    p = Path(mid).expanduser()
+    if p.exists():
+        _check_local(p)
+        return "local", mid, p.resolve()
+    if _looks_like_path(mid):
+        raise FileNotFoundError(f"model path {mid!r} does not exist; check the path, or use an offline asset "
+                                f"({', '.join(assets.ASSETS)}) or a hub id like org/name")
+    if mid in assets.ASSETS:
+        try:
+            return "asset", mid, assets.asset_path(mid)
+        except FileNotFoundError:
+            assets._say(f"offline asset {mid} is not fetched yet; fetching it now (once)", progress)
+            return "asset", mid, assets.fetch_asset(mid, progress=progress)
+    if hub_offline():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(mid, "config.json", revision=spec.revision)
+        except Exception:  # invalid repo id etc.
+            cached = None
+        if not isinstance(cached, str):
+            raise _offline_error(mid)
+    return "hub", mid, None
+
+
+def _task_for(config, task: str, mid: str) -> str:
+    is_encoder = config.model_type in ENCODER_TYPES
+    if task == "auto":
+        return "encoder" if is_encoder else "causal-lm"
+    if task == "causal-lm" and is_encoder:
+        raise ValueError(f"model {mid!r} is an encoder ({config.model_type}) with no causal LM head; "
+                         f"load it with task='encoder' (or 'auto')")
+    return task
+
+
+def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | None = None,
+               device: str | None = None, progress: bool = True) -> LoadedModel:
+    """Load model + tokenizer and describe them. `dtype` overrides spec.dtype ("float32" default);
+    `device` defaults to cuda when available, else cpu. Encoders load with AutoModel (no head)."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    spec = ModelSpec(id=spec) if isinstance(spec, str) else spec
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    dtype_name = dtype or spec.dtype
+    if dtype_name != "auto" and not isinstance(getattr(torch, dtype_name, None), torch.dtype):
+        raise ValueError(f"dtype {dtype_name!r} is not a torch dtype; use float32, bfloat16, float16 or auto")
+    source, mid, folder = resolve(spec, progress)
+    where = str(folder) if folder is not None else mid
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if source == "hub" and spec.revision:
+        kw["revision"] = spec.revision
+    try:
+        config = AutoConfig.from_pretrained(where, **kw)
+        task = _task_for(config, task, mid)
+        cls = AutoModel if task == "encoder" else AutoModelForCausalLM
+        model = cls.from_pretrained(where, config=config, use_safetensors=True,
+                                    dtype="auto" if dtype_name == "auto" else getattr(torch, dtype_name), **kw)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    except OSError as e:
+        if source == "hub" and hub_offline():
+            raise _offline_error(mid) from e
+        raise FileNotFoundError(f"could not load model {mid!r} ({source}): {e}. Check the id, revision and that "
+                                f"the weights are in safetensors form") from e
+    pad_from_eos = False
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        pad_from_eos = True
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.eval()
+
+    revision = sha = asset_sha = None
+    if source == "hub":
+        revision = getattr(model.config, "_commit_hash", None) or spec.revision
+        snap = _hub_snapshot(mid, revision)
+        sha = weights_sha256(snap) if snap else None
+    else:
+        sha = weights_sha256(folder)
+        if source == "asset":
+            man = json.loads((folder / "plop_asset.json").read_text())
+            asset_sha = (man.get("gguf") or {}).get("sha256") or (man.get("files") or {}).get("model.safetensors")
+    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    identity = ModelIdentity(
+        source=source, id=mid, path=str(folder) if folder is not None else None, revision=revision, sha256=sha,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."), architecture=type(model).__name__,
+        model_type=config.model_type, n_params=sum(p.numel() for p in model.parameters()),
+        num_layers=getattr(text_cfg, "num_hidden_layers", None), task=task, pad_token=tokenizer.pad_token,
+        pad_from_eos=pad_from_eos, asset_source_sha256=asset_sha,
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def _hub_snapshot(mid: str, revision: str | None) -> Path | None:
+    """The local snapshot folder of a hub model, when its weights are in the HF cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = try_to_load_from_cache(mid, "config.json", revision=revision)
+    except Exception:
+        return None
+    if isinstance(cfg, str) and _weight_files(Path(cfg).parent):
+        return Path(cfg).parent
+    return None

@@ -136,3 +136,13 @@ def test_grpo_unknown_reward_names_the_choices(llama_dir, tmp_path):
     with pytest.raises(ValueError, match="correctness"):
         train_grpo(llama_dir, None, [{"prompt": "x", "answer": "1"}], TARGETS, recipe(method="grpo"), tmp_path,
                    rewards=["speling"])
+
+
+def test_sft_lowers_heldin_nll_measured_by_the_evaluator(sft_run, llama_dir):
+    from plop_core.evaluate import evaluate_model, load_adapted
+
+    base, tok = load_adapted(llama_dir)
+    tuned, _ = load_adapted(llama_dir, sft_run.adapter_dir)
+    before = evaluate_model(base, tok, rows=ROWS, metrics=["nll"], n_bootstrap=0)["nll"].value
+    after = evaluate_model(tuned, tok, rows=ROWS, metrics=["nll"], n_bootstrap=0)["nll"].value
+    assert after < before - 0.1

@@ -74,6 +74,33 @@ def tiny_config(arch: str):
     if arch == "qwen2":
         return T.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, max_position_embeddings=256, **c)
+    # architecture matrix of module discovery / placement (tests/test_modules.py, tests/test_placement.py)
+    attn = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    if arch == "mistral":
+        return T.MistralConfig(intermediate_size=128, num_key_value_heads=2, **attn, **c)
+    if arch == "qwen3":
+        return T.Qwen3Config(intermediate_size=128, num_key_value_heads=2, head_dim=16, **attn, **c)
+    if arch == "gemma3":  # Gemma3ForCausalLM; head_dim*heads (96) != hidden (64) on purpose
+        return T.Gemma3TextConfig(intermediate_size=128, num_key_value_heads=2, head_dim=24, sliding_window=64,
+                                  **attn, **c)
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj
+        return T.Phi3Config(intermediate_size=128, num_key_value_heads=2, **attn, **c)
+    if arch == "gpt2":  # Conv1D c_attn (fused q|k|v), c_proj, c_fc
+        return T.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **c)
+    if arch == "gpt_neox":  # query_key_value interleaved per head
+        return T.GPTNeoXConfig(intermediate_size=128, **attn, **c)
+    if arch == "bert":  # encoder; build with AutoModelForSequenceClassification / AutoModel
+        return T.BertConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=tok.pad_token_id)
+    if arch == "mixtral":  # experts packed as 3-D parameters (E, 2I, H) and (E, H, I)
+        return T.MixtralConfig(intermediate_size=96, num_key_value_heads=2, num_local_experts=4,
+                               num_experts_per_tok=2, **attn, **c)
+    if arch == "qwen2_moe":  # packed routed experts + a dense shared expert (Linear gate/up/down)
+        return T.Qwen2MoeConfig(intermediate_size=128, moe_intermediate_size=32, shared_expert_intermediate_size=96,
+                                num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, **attn, **c)
+    if arch == "qwen3_moe":
+        return T.Qwen3MoeConfig(intermediate_size=128, moe_intermediate_size=32, num_key_value_heads=2, head_dim=16,
+                                num_experts=4, num_experts_per_tok=2, **attn, **c)
     raise KeyError(f"no tiny config for {arch!r}")
 
 

@@ -13,8 +13,8 @@ rte, cb, boolq (nli). See docs/tasks.md for each task's splits.
 
 from plop_core.data import code, knowledge, math, nli  # noqa: F401  (registers the tasks)
 from plop_core.data.custom import ColumnError, hub_task, local_task, resolve_task
-from plop_core.data.math import arithmetic_problems, arithmetic_task, last_boxed, parse_number
 from plop_core.data.knowledge import mmlu_task
+from plop_core.data.math import arithmetic_problems, arithmetic_task, last_boxed, parse_number
 from plop_core.data.registry import TaskSpec, UnknownTaskError, get_task, list_tasks, register_task
 from plop_core.data.sampling import Sample, load_rows, sample_hash, sample_task
 from plop_core.data.sources import DataSourceError, hub_is_offline

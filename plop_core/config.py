@@ -47,6 +47,9 @@ class SamplingConfig(_Strict):
     max_length: int = Field(256, ge=1, description="tokens per sequence for scoring (longer ones are truncated)")
     split: str = Field("train", description="task split to sample from")
     allow_smaller: bool = Field(False, description="accept a source smaller than n_samples instead of failing")
+    source: Literal["auto", "offline", "hub"] = Field(
+        "auto", description="data source: hub when online else the packaged offline copy; pin one for reproducibility"
+    )
 
 
 class ScorerConfig(_Strict):

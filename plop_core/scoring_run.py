@@ -47,7 +47,7 @@ def score_loaded(lm, data: str, sampling: SamplingConfig, scorer: ScorerConfig, 
 
     spec = resolve_task(data, text_column=text_column) if text_column else resolve_task(data)
     sample = sample_task(spec, n=sampling.n_samples, seed=sampling.seed, split=sampling.split,
-                         allow_smaller=sampling.allow_smaller)
+                         allow_smaller=sampling.allow_smaller, source=sampling.source)
     token_stats = sample.token_stats(lm.tokenizer, sampling.max_length)
     t0 = time.perf_counter()
     scores = score_nfn(lm.model, lm.tokenizer, sample.texts, batch_size=scorer.batch_size,

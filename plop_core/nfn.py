@@ -241,7 +241,9 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
     inverse = np.argsort(order, kind="stable")  # back to the order of the (kept) texts
     stats = stats[:, :, inverse]
     modules, parts, num, den = _tables(units, stats, base, estimator, collector.expert_pairs)
-    types = list(dict.fromkeys(modules["type"]))
+    present = list(dict.fromkeys(modules["type"]))
+    types = [t for t in getattr(discovery, "types", []) if t in present] + \
+        [t for t in present if t not in getattr(discovery, "types", [])]
     table, type_boot = bootstrap_types(num, den, modules["type"].tolist(), types, n_bootstrap, ci_level, seed)
     names = modules["module"].tolist()
     per_sequence = {"modules": names, "sequence_index": np.sort(keep), "sum_a": stats[SA, :len(names)].T.copy(),

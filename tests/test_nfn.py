@@ -1,0 +1,293 @@
+"""NFN scoring engine (plop_core.nfn): golden values against direct computation, estimator agreement,
+invariances, uncertainty, error handling, caching, and fused / Conv1D / packed-experts modules."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from plop_core.baselines import unit_probes
+from plop_core.nfn import NonFiniteActivationError, Scores, score_nfn
+from tests.tiny import tiny_model
+
+FAST = dict(n_bootstrap=200, progress=False)
+
+
+# ---------------------------------------------------------------- independent reference computation
+def _capture_inputs(model, tok, texts, names, one_by_one=True):
+    """Inputs of `names` at all real tokens, stacked. one_by_one: one text per forward (no padding at
+    all); else one right-padded batch whose pad rows are dropped with the attention mask."""
+    store = {n: [] for n in names}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: store[n].append(args[0].float().clone())) for n in names]
+    try:
+        with torch.no_grad():
+            if one_by_one:
+                for t in texts:
+                    model(**tok([t], return_tensors="pt"))
+                return {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in v]) for n, v in store.items()}
+            batch = tok(texts, return_tensors="pt", padding=True)
+            model(**batch)
+            keep = batch["attention_mask"].bool()
+            return {n: v[0][keep] for n, v in store.items()}
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _direct_feature_norm(weight, z):
+    """mean over tokens of ||W z|| / ||z||, by explicit matmul (weight (d_out, d_in) fp32)."""
+    return float(((z.double() @ weight.double().T).norm(dim=-1) / z.double().norm(dim=-1)).mean())
+
+
+_SPHERE = {}
+
+
+def _rho_many(weight, n=200_000, seed=123):
+    """Many-sample estimate of rho(W) = E||W u|| and its standard error (unit vectors shared per d_in)."""
+    d = weight.shape[1]
+    if d not in _SPHERE:
+        u = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+        _SPHERE[d] = u / u.norm(dim=-1, keepdim=True)
+    vals = (_SPHERE[d] @ weight.float().T).norm(dim=-1).double()
+    return float(vals.mean()), float(vals.std() / n ** 0.5)
+
+
+def test_feature_norm_equals_direct_computation(llama, tok, texts):
+    s = score_nfn(llama, tok, texts, batch_size=4, estimator="analytic", **FAST)
+    names = s.modules["module"].tolist()
+    z = _capture_inputs(llama, tok, texts, names)
+    for row in s.modules.itertuples():
+        w = llama.get_submodule(row.module).weight.detach()
+        assert row.feature_norm == pytest.approx(_direct_feature_norm(w, z[row.module]), rel=1e-5), row.module
+        rho = float(w.double().norm() / w.shape[1] ** 0.5)
+        assert row.baseline_norm == pytest.approx(rho, rel=1e-6)
+        assert row.nfn == pytest.approx(row.feature_norm / rho, rel=1e-6)
+        assert row.n_tokens == sum(len(tok(t)["input_ids"]) for t in texts)
+    assert len(s.modules) == 14 and set(s.types["type"]) == {"q", "k", "v", "o", "gate", "up", "down"}
+
+
+def test_probe_and_reference_baselines_match_many_sample_estimate(llama, tok, texts):
+    probe = score_nfn(llama, tok, texts, estimator="probe", **FAST).modules.set_index("module")
+    ref = score_nfn(llama, tok, texts, estimator="reference", **FAST).modules.set_index("module")
+    ana = score_nfn(llama, tok, texts, estimator="analytic", **FAST).modules.set_index("module")
+    for name in probe.index:
+        w = llama.get_submodule(name).weight.detach()
+        rho, rho_se = _rho_many(w)
+        for est in (probe, ref):
+            se = np.hypot(est.loc[name, "baseline_se"], rho_se)
+            assert se > 0
+            # 28 comparisons (14 modules x 2 estimators): 3.5 SE keeps the family-wise false alarm near 1%
+            assert abs(est.loc[name, "baseline_norm"] - rho) < 3.5 * se, (name, est.loc[name, "baseline_norm"], rho)
+        # Jensen: the analytic RMS is an upper bound on rho; the probe estimate sits below it up to its noise
+        assert ana.loc[name, "baseline_norm"] >= rho
+        assert ana.loc[name, "baseline_norm"] >= probe.loc[name, "baseline_norm"] - 3 * probe.loc[name, "baseline_se"]
+        assert probe.loc[name, "nfn_se"] == pytest.approx(
+            probe.loc[name, "nfn"] * probe.loc[name, "baseline_se"] / probe.loc[name, "baseline_norm"])
+        # same tokens, same a(z): only the baselines differ between estimators
+        assert probe.loc[name, "feature_norm"] == ref.loc[name, "feature_norm"] == ana.loc[name, "feature_norm"]
+
+
+def test_probe_baseline_uses_seeded_unit_vectors(llama, tok, texts):
+    name = "model.layers.0.mlp.down_proj"
+    s = score_nfn(llama, tok, texts, estimator="probe", n_probe=64, **FAST).modules.set_index("module")
+    w = llama.get_submodule(name).weight.detach().float()
+    vals = (w @ unit_probes(w.shape[1], 64, 0, name)).norm(dim=0).double()
+    assert s.loc[name, "baseline_norm"] == pytest.approx(float(vals.mean()), rel=1e-6)
+    assert s.loc[name, "baseline_se"] == pytest.approx(float(vals.std() / 8), rel=1e-6)
+
+
+def _align(model, tok, texts, strength, rank=8):
+    """W <- W (I + c P), P the projector on the top-`rank` directions of the module's own inputs.
+
+    Random-init modules all have NFN ~ 1 (a random W treats every direction alike), so their ranking is
+    noise and comparing rankings across estimators would be unfair. Amplifying (c > 0) or damping
+    (c < 0) W along the directions the task's inputs actually occupy makes NFN rise or fall by tens of
+    percent per type. Modules are edited in forward order (q/k/v then o, gate/up then down) because each
+    edit changes the inputs of the modules after it.
+    """
+    groups = [("self_attn", ("q", "k", "v")), ("self_attn", ("o",)), ("mlp", ("gate", "up")), ("mlp", ("down",))]
+    for layer in range(model.config.num_hidden_layers):
+        for block, types in groups:
+            names = [f"model.layers.{layer}.{block}.{t}_proj" for t in types]
+            z = _capture_inputs(model, tok, texts, names[:1], one_by_one=False)[names[0]].double()
+            vecs = torch.linalg.eigh(z.T @ z).eigenvectors[:, -rank:]
+            proj = vecs @ vecs.T
+            for t, n in zip(types, names):
+                lin = model.get_submodule(n)
+                eye = torch.eye(proj.shape[0], dtype=torch.float64)
+                lin.weight.data = (lin.weight.double() @ (eye + strength[t] * proj)).float()
+    return model
+
+
+def test_type_ranking_is_the_same_for_all_estimators(llama, tok, texts):
+    strength = {"q": 3.0, "k": 1.5, "gate": 0.8, "up": 0.3, "down": 0.0, "v": -0.5, "o": -0.8}
+    model = _align(llama, tok, texts, strength)
+    rankings = {}
+    for est in ("probe", "reference", "analytic"):
+        types = score_nfn(model, tok, texts, estimator=est, **FAST).types
+        rankings[est] = types.sort_values("nfn")["type"].tolist()
+    assert rankings["probe"] == rankings["reference"] == rankings["analytic"]
+    assert rankings["probe"][-2:] == ["k", "q"] and rankings["probe"][0] in ("o", "v")
+
+
+# ---------------------------------------------------------------- invariances and determinism
+def test_padding_and_batching_do_not_change_scores(llama, tok, texts):
+    runs = [score_nfn(llama, tok, texts, batch_size=b, estimator="probe", **FAST) for b in (1, 4, len(texts))]
+    for other in runs[1:]:
+        np.testing.assert_allclose(other.per_sequence["sum_a"], runs[0].per_sequence["sum_a"], rtol=1e-5)
+        np.testing.assert_allclose(other.modules["nfn"], runs[0].modules["nfn"], rtol=1e-5)
+        np.testing.assert_array_equal(other.per_sequence["count"], runs[0].per_sequence["count"])
+    # a much longer neighbour pads every other sequence a lot more: still the same per-sequence sums
+    longer = score_nfn(llama, tok, texts + [" ".join(texts) * 2], batch_size=8, **FAST)
+    np.testing.assert_allclose(longer.per_sequence["sum_a"][:-1], runs[0].per_sequence["sum_a"], rtol=1e-5)
+
+
+def test_include_padding_changes_the_scores(llama, tok, texts):
+    masked = score_nfn(llama, tok, texts, batch_size=len(texts), **FAST)
+    padded = score_nfn(llama, tok, texts, batch_size=len(texts), include_padding=True, **FAST)
+    assert padded.meta["n_tokens"] == len(texts) * max(len(tok(t)["input_ids"]) for t in texts)
+    assert padded.meta["n_tokens"] > masked.meta["n_tokens"]
+    assert not np.allclose(padded.modules["nfn"], masked.modules["nfn"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("estimator", ["probe", "reference"])
+def test_seeded_results(llama, tok, texts, estimator):
+    a = score_nfn(llama, tok, texts, estimator=estimator, seed=1, **FAST)
+    b = score_nfn(llama, tok, texts, estimator=estimator, seed=1, **FAST)
+    c = score_nfn(llama, tok, texts, estimator=estimator, seed=2, **FAST)
+    np.testing.assert_array_equal(a.modules["nfn"], b.modules["nfn"])
+    np.testing.assert_array_equal(a.types["nfn_ci_low"], b.types["nfn_ci_low"])
+    np.testing.assert_array_equal(a.modules["feature_norm"], c.modules["feature_norm"])
+    assert (a.modules["baseline_norm"] != c.modules["baseline_norm"]).all()
+
+
+# ---------------------------------------------------------------- uncertainty
+def test_bootstrap_interval_and_stability(llama, tok, texts):
+    s = score_nfn(llama, tok, texts, **FAST)
+    t = s.types
+    assert (t["nfn_ci_low"] <= t["nfn"]).all() and (t["nfn"] <= t["nfn_ci_high"]).all()
+    assert (t["layer_min"] <= t["nfn"]).all() and (t["nfn"] <= t["layer_max"]).all()
+    assert (t["n_layers"] == 2).all()
+    assert s.type_resamples.shape == (200, 7)
+    for k in (1, 3, 7):
+        assert 0.0 <= s.stability(k) <= 1.0
+    assert s.stability(7) == 1.0
+    # the type NFN is the mean over layers of the module NFN, and per-sequence sums add up to it
+    m = s.modules
+    assert t.set_index("type").loc["v", "nfn"] == pytest.approx(m[m["type"] == "v"]["nfn"].mean())
+    ps = s.per_sequence
+    assert ps["num"].shape == ps["den"].shape == (len(texts), 14)
+    np.testing.assert_allclose(ps["num"].sum(0) / ps["den"].sum(0), m["nfn"], rtol=1e-9)
+    np.testing.assert_allclose(ps["sum_a"].sum(0) / ps["count"].sum(0), m["feature_norm"], rtol=1e-9)
+
+
+# ---------------------------------------------------------------- golden numbers (regression guard)
+# Computed once by this code (probe, seed 0, n_probe 512) on tiny_model("llama", seed=0) with the
+# conftest texts, torch 2.13 CPU. Tolerance 1e-4 relative: well above float32 summation-order noise
+# (~1e-6), far below any change of method (a different estimator or masking moves them by > 1e-3).
+GOLDEN_TYPE_NFN = {"q": 0.9962292947129026, "k": 0.9791871585966176, "v": 1.0047370921992438,
+                   "o": 0.9850260677214099, "gate": 0.9918501777054356, "up": 1.0009483817984597,
+                   "down": 1.0056176431124744}
+
+
+def test_golden_type_table(llama, tok, texts):
+    s = score_nfn(llama, tok, texts, **FAST)
+    got = dict(zip(s.types["type"], s.types["nfn"]))
+    assert got == pytest.approx(GOLDEN_TYPE_NFN, rel=1e-4)
+
+
+# ---------------------------------------------------------------- errors, cleanup, metadata
+def _n_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_non_finite_activation_names_the_module_and_cleans_up(llama, tok, texts):
+    llama.train()
+    tok.padding_side = "left"
+    before = _n_hooks(llama)
+    with torch.no_grad():
+        llama.model.layers[1].self_attn.q_proj.weight[0, 0] = float("nan")
+    try:
+        with pytest.raises(NonFiniteActivationError, match=r"model\.layers\.1\.self_attn\.q_proj.*bfloat16"):
+            score_nfn(llama, tok, texts, **FAST)
+        assert _n_hooks(llama) == before
+        assert llama.training and tok.padding_side == "left"
+    finally:
+        tok.padding_side = "right"
+
+
+def test_hooks_removed_when_the_forward_raises(llama, tok, texts):
+    def boom(*_):
+        raise KeyboardInterrupt  # e.g. the user stops a long scoring run
+    handle = llama.model.layers[1].mlp.register_forward_hook(boom)
+    with pytest.raises(KeyboardInterrupt):
+        score_nfn(llama, tok, texts, **FAST)
+    handle.remove()
+    assert _n_hooks(llama) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(texts=[]), "texts is empty"),
+    (dict(texts="one string"), "list of strings"),
+    (dict(texts=["", "  "]), "all texts are empty"),
+    (dict(max_length=0), "max_length must be"),
+    (dict(batch_size=0), "batch_size must be"),
+    (dict(estimator="exact"), "probe, reference, analytic"),
+])
+def test_bad_input_is_named(llama, tok, texts, kwargs, message):
+    args = dict(texts=texts) | kwargs
+    with pytest.raises(ValueError, match=message):
+        score_nfn(llama, tok, **args, **FAST)
+
+
+def test_missing_pad_token_uses_eos_and_says_so(llama, tok, texts):
+    pad = tok.pad_token
+    tok.pad_token = None
+    try:
+        s = score_nfn(llama, tok, texts, batch_size=3, **FAST)
+        assert tok.pad_token is None
+    finally:
+        tok.pad_token = pad
+    assert "eos" in s.meta["pad_token_note"]
+    ref = score_nfn(llama, tok, texts, batch_size=3, **FAST)
+    np.testing.assert_allclose(s.modules["nfn"], ref.modules["nfn"], rtol=1e-6)
+
+
+def test_meta_truncation_and_empty_texts(llama, tok, texts):
+    s = score_nfn(llama, tok, texts + [""], max_length=8, **FAST)
+    m = s.meta
+    assert m["n_sequences"] == len(texts) and m["dropped_empty"] == [len(texts)]
+    assert m["n_tokens"] == sum(min(len(tok(t)["input_ids"]), 8) for t in texts)
+    assert m["truncated_share"] == pytest.approx(np.mean([len(tok(t)["input_ids"]) > 8 for t in texts]))
+    assert m["estimator"] == "probe" and m["n_probe"] == 512 and m["dtype"] == "float32"
+    assert m["torch_version"] == torch.__version__ and m["include_padding"] is False
+    assert isinstance(s, Scores) and s.discovery.candidates
+
+
+def test_bfloat16_model_scores_in_fp32(tok, texts):
+    ref = score_nfn(tiny_model("llama"), tok, texts, **FAST)
+    bf = score_nfn(tiny_model("llama").to(torch.bfloat16), tok, texts, **FAST)
+    assert bf.meta["dtype"] == "bfloat16"
+    np.testing.assert_allclose(bf.modules["nfn"], ref.modules["nfn"], rtol=0.05)
+
+
+# ---------------------------------------------------------------- baseline cache
+def test_baseline_cache_dict_and_directory(llama, tok, texts, tmp_path):
+    cache = {}
+    a = score_nfn(llama, tok, texts, baseline_cache=cache, **FAST)
+    assert len(cache) == 14 and all(isinstance(json.dumps(v), str) for v in cache.values())
+    key = next(iter(cache))
+    cache[key] = {**cache[key], "rho": 123.0}  # a cache hit is used as stored
+    b = score_nfn(llama, tok, texts, baseline_cache=cache, **FAST)
+    assert sorted(b.modules["baseline_norm"])[-1] == 123.0
+    d = tmp_path / "baselines"
+    c = score_nfn(llama, tok, texts, baseline_cache=str(d), **FAST)
+    assert len(list(d.glob("*.json"))) == 14
+    np.testing.assert_array_equal(c.modules["baseline_norm"], a.modules["baseline_norm"])
+    with torch.no_grad():  # an edited weight never reuses a stale baseline
+        llama.model.layers[0].self_attn.q_proj.weight.mul_(2.0)
+    e = score_nfn(llama, tok, texts, baseline_cache=d, **FAST)
+    assert len(list(d.glob("*.json"))) == 15
+    assert e.modules.loc[0, "baseline_norm"] == pytest.approx(2 * a.modules.loc[0, "baseline_norm"], rel=1e-6)

@@ -10,8 +10,6 @@ from plop_core.config import SweepConfig, load_sweep_config
 def run_sweep(config: SweepConfig | dict | str, overrides: list[str] | None = None,
               num_cpus: int | None = None) -> dict:
     """Validate the config, then run the benchmark flow if it finetunes, else the scoring flow."""
-    from prefect_ray import RayTaskRunner
-
     cfg = config if isinstance(config, SweepConfig) else load_sweep_config(config, overrides)
     if overrides and isinstance(config, SweepConfig):
         cfg = load_sweep_config(cfg.model_dump(mode="json"), overrides)
@@ -20,8 +18,8 @@ def run_sweep(config: SweepConfig | dict | str, overrides: list[str] | None = No
             from flows.score_sweep import score_sweep as the_flow
         else:
             from flows.benchmark_sweep import benchmark_sweep as the_flow
-        runner = RayTaskRunner()  # Ray is already initialised above; the runner reuses it
-        result = the_flow.with_options(task_runner=runner)(config=cfg.model_dump(mode="json"))
+        # Ray is already initialised above; the flow's task runner reuses it
+        result = the_flow(config=cfg.model_dump(mode="json"))
         result["prefect_mode"] = mode
         result["prefect_api_url"] = api_url
         return result

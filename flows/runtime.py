@@ -21,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prefect_ray import RayTaskRunner
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Environment every Ray worker gets (in addition to PREFECT_API_URL and PYTHONPATH).
@@ -139,3 +141,33 @@ def ray_cluster(api_url: str, address: str | None = None, num_cpus: int | None =
         yield True
     finally:
         ray.shutdown()
+
+
+
+class PlopRayTaskRunner(RayTaskRunner):
+    """RayTaskRunner that, when it starts Ray itself (e.g. in a deployment's flow run), passes the
+    Prefect API URL, PYTHONPATH and offline flags to the workers and keeps Ray's temp dir short;
+    when Ray is already initialised (plop sweep, tests) it reuses that Ray as RayTaskRunner does."""
+
+    def __init__(self, address: str | None = None, init_kwargs: dict | None = None, num_cpus: int | None = None):
+        super().__init__(address=address, init_kwargs=init_kwargs)
+        self.num_cpus = num_cpus
+
+    def duplicate(self):
+        return type(self)(address=self.address, init_kwargs=self.init_kwargs, num_cpus=self.num_cpus)
+
+    def __enter__(self):
+        import ray
+        from prefect.settings import PREFECT_API_URL
+
+        if not ray.is_initialized():
+            api = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+            kw = ray_init_kwargs(api, self.address, self.num_cpus)
+            self.address = kw.pop("address", None)
+            self.init_kwargs = {**kw, **self.init_kwargs}
+        return super().__enter__()
+
+
+def ray_task_runner(**kw) -> PlopRayTaskRunner:
+    """The task runner of the sweep flows (see PlopRayTaskRunner)."""
+    return PlopRayTaskRunner(**kw)

@@ -12,9 +12,9 @@ import itertools
 
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from flows.runtime import ray_task_runner
 from plop_core import pipeline, tracking
 from plop_core.config import SweepConfig, load_sweep_config
 from tasks import data, report, scoring
@@ -35,12 +35,13 @@ def score_cells(cfg: SweepConfig) -> list[dict]:
     sampling = cfg.sampling.model_dump(mode="json")
     samples = {t: data.sample(t, sampling, root) for t in cfg.tasks}
     cells = pipeline.plan_scoring_cells(cfg, models, samples)
+    storage = scoring.result_storage(root)
     futures = []
     with remote_options(**ray_resources(cfg)):
         for name, group in itertools.groupby(cells, key=lambda c: c["model_name"]):
             group = list(group)
             refresh = [not pipeline.cell_done(c) for c in group]
-            futures.append(scoring.score_model.submit(name, len(group), group, refresh))
+            futures.append(scoring.score_model.submit(name, len(group), group, refresh, storage))
     return [outcome for f in futures for outcome in f.result()]
 
 
@@ -83,7 +84,7 @@ def manifest(cfg: SweepConfig, outcomes: list[dict], run_ids: dict[str, str], ur
 
 
 @flow(name="plop-score-sweep", flow_run_name="score-sweep-{config[name]}", log_prints=True,
-      task_runner=RayTaskRunner())
+      task_runner=ray_task_runner())
 def score_sweep(config: dict) -> dict:
     """Score every (model, task) cell of a sweep config (a SweepConfig as a dict)."""
     cfg = load_sweep_config(config)

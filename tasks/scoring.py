@@ -21,9 +21,18 @@ def cell_cache_key(context, parameters) -> str:
     return "plop-score-" + parameters["cell"]["cell_key"]
 
 
-def result_storage(root: str | Path) -> LocalFileSystem:
-    """Prefect result records of cached tasks live with the results (shared by driver and workers)."""
-    return LocalFileSystem(basepath=str(Path(root) / ".prefect-results"))
+def result_storage(root: str | Path) -> str:
+    """Prefect result records of cached tasks live with the results, in `<root>/.prefect-results`.
+
+    Saved as a LocalFileSystem block on the server (tasks on Ray workers need a server-side reference);
+    returns the block's slug. Call it from the flow before submitting cells.
+    """
+    import hashlib
+
+    base = str(Path(root).resolve() / ".prefect-results")
+    name = "plop-results-" + hashlib.sha256(base.encode()).hexdigest()[:12]
+    LocalFileSystem(basepath=base).save(name, overwrite=True)
+    return f"local-file-system/{name}"
 
 
 @task(name="score-cell", task_run_name="score {cell[model_name]} on {cell[task_name]}",
@@ -32,12 +41,12 @@ def score_cell(cell: dict) -> dict:
     return pipeline.score_cell(cell)
 
 
-@task(name="score-model", task_run_name="score {model_name} on {n_tasks} tasks")
-def score_model(model_name: str, n_tasks: int, cells: list[dict], refresh: list[bool]) -> list[dict]:
+@task(name="score-model", task_run_name="model {model_name}: {n_tasks} tasks")
+def score_model(model_name: str, n_tasks: int, cells: list[dict], refresh: list[bool], storage: str) -> list[dict]:
     """Score all cells of one model in this worker; a failed cell is reported, the others still run."""
     out = []
     for cell, fresh in zip(cells, refresh):
-        run = score_cell.with_options(refresh_cache=fresh, result_storage=result_storage(cell["root"]))
+        run = score_cell.with_options(refresh_cache=fresh, result_storage=storage)
         state = run(cell, return_state=True)
         if state.is_completed():
             rec = state.result()

@@ -1,0 +1,144 @@
+"""End to end through real Prefect (a server), real Ray (local, 2 CPUs), MLflow on SQLite and Parquet.
+
+Scoring sweep of two tiny models x two tasks (the generated `arithmetic` task and a local JSONL file):
+files with the documented schema, nested MLflow runs with artifacts, one Prefect task run per cell;
+then caching: an identical rerun scores nothing (task runs end `Cached`), a changed n_samples rescores,
+and a cell whose files were deleted is the only one recomputed (resume).
+"""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from plop_core import artifacts, tracking
+from tests.tiny import save_tiny
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.runtime import local_prefect_server
+
+    url = os.environ.get("PLOP_TEST_PREFECT_API_URL")
+    with (local_prefect_server() if not url else _given(url)) as api:
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = api
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+
+
+class _given:
+    def __init__(self, url):
+        self.url = url
+
+    def __enter__(self):
+        return self.url
+
+    def __exit__(self, *a):
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_local(prefect_api):
+    from flows.runtime import ray_cluster
+
+    with ray_cluster(prefect_api, num_cpus=2):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sweep_config(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    save_tiny("llama", d / "tiny-llama", seed=0)
+    save_tiny("qwen2", d / "tiny-qwen", seed=1)
+    rows = [{"question": f"Tom has {i} apples and buys {i + 3} more. How many now?", "answer": str(2 * i + 3)}
+            for i in range(40)]
+    (d / "apples.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return {
+        "name": "tiny-e2e",
+        "models": [{"id": str(d / "tiny-llama"), "name": "tiny-llama"}, {"id": str(d / "tiny-qwen"), "name": "tiny-qwen"}],
+        "tasks": ["arithmetic", str(d / "apples.jsonl")],
+        "sampling": {"n_samples": 8, "max_length": 32},
+        "scorer": {"n_probe": 16, "n_bootstrap": 20, "batch_size": 4},
+        "outputs": {"root": str(d / "results"), "experiment": "tiny-e2e"},
+        "resources": {"cpus_per_cell": 1},
+    }
+
+
+def _task_runs(flow_run_id, name):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)))
+    return {r.name: r.state.name for r in runs}
+
+
+def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, sweep_config):
+    from flows import run_sweep
+
+    root = sweep_config["outputs"]["root"]
+    man = run_sweep(sweep_config)
+    assert man["prefect_api_url"] == prefect_api and not man["failed"]
+    assert len(man["cells"]) == 4 and man["model_loads"] == 2  # one load per model, not per cell
+
+    # Parquet: a hive dataset by model and task with the documented columns and provenance
+    modules = pd.read_parquet(f"{root}/modules")
+    assert set(zip(modules["model"].astype(str), modules["task"].astype(str))) == {
+        (m, t) for m in ("tiny-llama", "tiny-qwen") for t in ("arithmetic", "apples")}
+    for table in ("modules", "types", "placements"):
+        df = pd.read_parquet(f"{root}/{table}")
+        assert set(artifacts.TABLES[table].names) <= set(df.columns)
+        assert set(artifacts.PROVENANCE_SCHEMA.names) <= set(df.columns)
+        assert (df["schema_version"] == artifacts.SCHEMA_VERSION).all()
+    types = pd.read_parquet(f"{root}/types")
+    assert len(types) == 4 * 7 and types["sample_hash"].nunique() == 2 and types["model_identity"].nunique() == 2
+
+    # MLflow: parent run per sweep, a nested run per cell with tags, metrics and artifacts
+    uri = man["mlflow_uri"]
+    runs = tracking.find_runs(uri, "tiny-e2e")
+    parent = runs[runs["tags.plop.level"] == "sweep"]
+    cells = runs[runs["tags.plop.level"] == "cell"]
+    assert len(parent) == 1 and len(cells) == 4
+    assert (cells["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+    assert set(cells["tags.task"]) == {"arithmetic", "apples"} and cells["tags.placement"].str.count(",").eq(2).all()
+    assert cells["metrics.nfn.q"].notna().all() and cells["metrics.nfn_ci_low.down"].notna().all()
+    client = tracking.client_for(uri)
+    names = {a.path for a in client.list_artifacts(cells["run_id"].iloc[0])}
+    assert {"nfn_heatmap.png", "placement.json", "lora_config.json", "parquet"} <= names
+
+    # Prefect: one task run per cell, read back from the server
+    first = _task_runs(man["flow_run_id"], "score tiny-")
+    assert first == {f"score {m} on {t}": "Completed" for m in ("tiny-llama", "tiny-qwen") for t in ("arithmetic", "apples")}
+
+    # identical rerun: nothing is scored
+    again = run_sweep(sweep_config)
+    assert set(_task_runs(again["flow_run_id"], "score tiny-").values()) == {"Cached"}
+    assert again["model_loads"] == 0 and all(c["cached"] for c in again["cells"])
+
+    # a cell whose files were deleted is the only one recomputed (resume after a kill)
+    victim = next(c for c in man["cells"] if c["model_name"] == "tiny-qwen" and c["task_name"] == "apples")
+    os.remove(os.path.join(os.path.dirname(victim["files"]["placement"]), "record.json"))
+    resumed = run_sweep(sweep_config)
+    states = _task_runs(resumed["flow_run_id"], "score tiny-")
+    assert states.pop("score tiny-qwen on apples") == "Completed" and set(states.values()) == {"Cached"}
+
+    # changing n_samples rescores every cell (new sample hashes, new keys)
+    changed = run_sweep(sweep_config, overrides=["sampling.n_samples=6"])
+    assert set(_task_runs(changed["flow_run_id"], "score tiny-").values()) == {"Completed"}
+    assert {c["cell_key"] for c in changed["cells"]}.isdisjoint({c["cell_key"] for c in man["cells"]})

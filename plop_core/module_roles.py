@@ -92,7 +92,7 @@ class ModelDims:
             return (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
         return None
 
-    def with_hidden_from(self, leaves: list[Leaf]) -> "ModelDims":
+    def with_hidden_from(self, leaves: list[Leaf]) -> ModelDims:
         """Trust the config's hidden size only if some leaf of the first block reads it."""
         ins = Counter(lf.d_in for lf in leaves)
         if not ins or (self.hidden is not None and self.hidden in ins):
@@ -334,3 +334,31 @@ def _owner_module(lf: Leaf, owner: nn.Module | None):
         return owner.get_submodule(lf.rel[: -len(lf.param) - 1])
     except AttributeError:
         return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# overrides (a user map wins over every rule)
+
+
+def check_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
+    if not overrides:
+        return {}
+    valid = set(TYPE_ORDER) | {"skip"}
+    out = {}
+    for key, val in overrides.items():
+        if val not in valid:
+            raise ValueError(f"override {key!r} -> {val!r}: unknown type; use one of {sorted(valid)}")
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise ValueError(f"override key {key!r} is neither a leaf name nor a valid regex ({e}); "
+                             "escape special characters, e.g. re.escape(name)") from None
+        out[key] = val
+    return out
+
+
+def override_for(lf_full: str, lf_rel: str, lf_leaf: str, overrides: dict[str, str]) -> str | None:
+    for key in overrides:
+        if key in (lf_leaf, lf_rel, lf_full) or re.fullmatch(key, lf_full) or re.fullmatch(key, lf_rel):
+            return key
+    return None

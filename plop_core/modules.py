@@ -34,8 +34,10 @@ from plop_core.module_roles import (
     Leaf,
     ModelDims,
     assign_roles,
+    check_overrides,
     fused_parts,
     model_dims,
+    override_for,
 )
 
 CANONICAL_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -65,7 +67,7 @@ class Part:
         return [(a, b) for a, b in out]
 
     @classmethod
-    def from_runs(cls, type: str, runs) -> "Part":
+    def from_runs(cls, type: str, runs) -> Part:
         return cls(type, tuple(i for a, b in runs for i in range(int(a), int(b))))
 
 
@@ -111,7 +113,7 @@ class Candidate:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Candidate":
+    def from_dict(cls, d: dict) -> Candidate:
         parts = tuple(Part.from_runs(p["type"], p["runs"]) for p in d.get("parts", ()))
         return cls(d["name"], int(d["layer"]), d["type"], int(d["d_in"]), int(d["d_out"]), d.get("kind", "linear"),
                    parts, d.get("param"), int(d.get("n_experts", 1)))
@@ -283,34 +285,6 @@ def _output_modules(model: nn.Module) -> set[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# overrides
-
-
-def _check_overrides(overrides: dict[str, str] | None) -> dict[str, str]:
-    if not overrides:
-        return {}
-    valid = set(TYPE_ORDER) | {"skip"}
-    out = {}
-    for key, val in overrides.items():
-        if val not in valid:
-            raise ValueError(f"override {key!r} -> {val!r}: unknown type; use one of {sorted(valid)}")
-        try:
-            re.compile(key)
-        except re.error as e:
-            raise ValueError(f"override key {key!r} is neither a leaf name nor a valid regex ({e}); "
-                             "escape special characters, e.g. re.escape(name)") from None
-        out[key] = val
-    return out
-
-
-def _override_for(lf_full: str, lf_rel: str, lf_leaf: str, overrides: dict[str, str]) -> str | None:
-    for key, val in overrides.items():
-        if key in (lf_leaf, lf_rel, lf_full) or re.fullmatch(key, lf_full) or re.fullmatch(key, lf_rel):
-            return key
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------------
 # public entry points
 
 
@@ -322,7 +296,7 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
     outside the layer stack (their layer is the first integer in the name). Output heads and embeddings
     can never be candidates. Raises ValueError if nothing is found, or an override matches nothing.
     """
-    overrides = _check_overrides(overrides)
+    overrides = check_overrides(overrides)
     dims = model_dims(model)
     heads = _output_modules(model)
     stacks = _find_stacks(model)
@@ -350,7 +324,7 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
         keep: list[Leaf] = []
         for lf in leaves:
             in_stack.add(lf.name)
-            key = _override_for(lf.name, lf.rel, lf.leaf, overrides)
+            key = override_for(lf.name, lf.rel, lf.leaf, overrides)
             if lf.kind == "router":
                 if key is not None and overrides[key] != "skip":
                     raise ValueError(f"override {key!r} names {lf.name}, an MoE router; routers are never "
@@ -389,7 +363,7 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
         if lf.name in in_stack:
             continue
         owner = lf.name if lf.param is None else lf.name.rsplit(".", 1)[0]
-        key = _override_for(lf.name, lf.rel, lf.leaf, overrides)
+        key = override_for(lf.name, lf.rel, lf.leaf, overrides)
         if owner in heads:
             if key is not None and overrides[key] != "skip":
                 raise ValueError(f"override {key!r} names {lf.name}, an output head/embedding; those are never "

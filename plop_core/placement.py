@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from plop_core.modules import Candidate, Discovery, TYPE_ORDER
+from plop_core.modules import TYPE_ORDER, Candidate, Discovery
 
 ATTN_BASELINE = ("q", "k", "v", "qkv")
 MLP_BASELINE = ("gate", "up", "gate_up", "down")
@@ -206,7 +206,7 @@ class Placement:
                 "candidates": [c.to_dict() for c in self.candidates]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Placement":
+    def from_dict(cls, d: dict) -> Placement:
         if not isinstance(d, dict) or "candidates" not in d or "types" not in d:
             raise ValueError("not a placement dict: expected keys 'strategy', 'types', 'candidates' "
                              "(written by Placement.to_dict)")
@@ -283,6 +283,12 @@ def placement_from_types(discovery: Discovery, types, strategy: str = "explicit"
         raise ValueError(f"unknown module type {t!r} for this model; placeable: {', '.join(placeable)}")
     types = sorted(types, key=_ORDER.get)
     return Placement(strategy, tuple(types), tuple(discovery.for_types(types)), k, seed, nfn)
+
+
+def trainable_params(placement, r: int) -> int:
+    """LoRA parameters at rank r of a Placement (or an iterable of Candidates), exactly as PEFT counts them."""
+    cands = placement.candidates if isinstance(placement, Placement) else placement
+    return sum(c.lora_params(r) for c in cands)
 
 
 def match_rank(placement: Placement, target_params: int, max_rank: int = 512, ranks=None) -> int:

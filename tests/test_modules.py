@@ -186,7 +186,7 @@ def test_gate_up_parts_are_the_rows_the_model_uses(arch):
         if gu.param:  # packed experts: the experts' output is linear in what each expert's down receives
             seen = {}
 
-            def keep(mod, args, out):
+            def keep(mod, args, out, seen=seen):
                 seen.setdefault("y", out.detach())
             h = model.get_submodule(gu.module_name).register_forward_hook(keep)
             with torch.no_grad():

@@ -18,7 +18,14 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 from plop_core.modules import TYPE_ORDER, discover_candidates
-from plop_core.placement import STRATEGIES, Placement, match_rank, placement_from_types, select_placement
+from plop_core.placement import (
+    STRATEGIES,
+    Placement,
+    match_rank,
+    placement_from_types,
+    select_placement,
+    trainable_params,
+)
 from tests.test_modules import ARCHS, build
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -110,6 +117,7 @@ def test_match_rank_budget():
     target = plop.trainable_params(16)
     assert match_rank(attn, target) == round(target / per)
     assert match_rank(plop, target) == 16
+    assert trainable_params(plop, 16) == target == trainable_params(plop.candidates, 16)
     assert match_rank(attn, 1.5 * per) == 1  # a tie goes to the lower rank
     assert match_rank(attn, 10**9, max_rank=64) == 64
     assert match_rank(attn, target, ranks=[8, 16, 32]) in (8, 16, 32)

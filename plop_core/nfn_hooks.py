@@ -161,6 +161,8 @@ class HookCollector:
             x = args[0] if args else next(iter(kwargs.values()))
             y = out[0] if isinstance(out, tuple) else out
             mask = self.mask
+            if x.shape[:-1] != mask.shape and x.shape[:-1].numel() == mask.numel() and y.shape[0] == x.shape[0]:
+                x, y = x.reshape(*mask.shape, x.shape[-1]), y.reshape(*mask.shape, y.shape[-1])  # flattened tokens
             if x.shape[:-1] != mask.shape:
                 raise RuntimeError(f"module {name} got input of shape {tuple(x.shape)}, not (batch, seq, d_in) with "
                                    f"(batch, seq) = {tuple(mask.shape)}; per-expert modules that receive routed "

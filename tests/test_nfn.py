@@ -291,3 +291,94 @@ def test_baseline_cache_dict_and_directory(llama, tok, texts, tmp_path):
     e = score_nfn(llama, tok, texts, baseline_cache=d, **FAST)
     assert len(list(d.glob("*.json"))) == 15
     assert e.modules.loc[0, "baseline_norm"] == pytest.approx(2 * a.modules.loc[0, "baseline_norm"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- fused, Conv1D and packed experts
+def _direct_scores(model, tok, texts, cands):
+    """{(module, part or None): (feature_norm, analytic nfn)} by explicit matmuls on captured inputs.
+
+    Dense modules: a = ||W[rows] z|| / ||z|| with W from get_weight (Conv1D transposed) and the part's
+    exact rows. Packed experts: the experts module's inputs (hidden states, top-k routing) are captured
+    and each routed (token, expert) pair is recomputed by hand: a_e for gate_up (or up), and for down
+    a_e on act(gate) * up; the module NFN is the mean over pairs of a_e / rho_e (contract).
+    """
+    from plop_core.modules import get_weight
+
+    out = {}
+    dense = [c for c in cands if c.kind != "experts"]
+    z = _capture_inputs(model, tok, texts, [c.name for c in dense])
+    for c in dense:
+        w = get_weight(model, c).double()
+        for part, rows in [(None, None), *[(p.type, list(p.rows)) for p in c.parts]]:
+            wr = w if rows is None else w[rows]
+            a = (z[c.name].double() @ wr.T).norm(dim=-1) / z[c.name].double().norm(dim=-1)
+            out[(c.name, part)] = (float(a.mean()), float(a.mean() / (wr.norm() / w.shape[1] ** 0.5)))
+    by_module = {}
+    for c in cands:
+        if c.kind == "experts":
+            by_module.setdefault(c.module_name, []).append(c)
+    for mod_name, group in by_module.items():
+        mod = model.get_submodule(mod_name)
+        seen = []
+        h = mod.register_forward_pre_hook(lambda m, args: seen.append((args[0].double(), args[1])))
+        with torch.no_grad():
+            for t in texts:
+                model(**tok([t], return_tensors="pt"))
+        h.remove()
+        up = next(c for c in group if c.param != "down_proj")
+        down = next(c for c in group if c.param == "down_proj")
+        w_up, w_down = get_weight(model, up).double(), get_weight(model, down).double()
+        acc = {k: [] for k in [(up.name, None), (down.name, None), *[(up.name, p.type) for p in up.parts]]}
+        for hidden, route in seen:  # all pairs at once: gathered per-pair weights, explicit matmuls
+            tok_idx = torch.arange(hidden.shape[0]).repeat_interleave(route.shape[1])
+            exp_idx = route.reshape(-1)
+            zt, wu, wd = hidden[tok_idx], w_up[exp_idx], w_down[exp_idx]
+            hid = torch.einsum("poi,pi->po", wu, zt)
+            for part, rows in [(None, None), *[(p.type, list(p.rows)) for p in up.parts]]:
+                wr = wu if rows is None else wu[:, rows]
+                a = torch.einsum("poi,pi->po", wr, zt).norm(dim=-1) / zt.norm(dim=-1)
+                rho = wr.flatten(1).norm(dim=-1) / w_up.shape[-1] ** 0.5
+                acc[(up.name, part)] += list(zip(a.tolist(), (a / rho).tolist()))
+            gate, upv = hid.chunk(2, dim=-1)
+            act = mod.act_fn(gate) * upv
+            a = torch.einsum("poi,pi->po", wd, act).norm(dim=-1) / act.norm(dim=-1)
+            rho = wd.flatten(1).norm(dim=-1) / w_down.shape[-1] ** 0.5
+            acc[(down.name, None)] += list(zip(a.tolist(), (a / rho).tolist()))
+        for key, vals in acc.items():
+            arr = np.array(vals)
+            out[key] = (float(arr[:, 0].mean()), float(arr[:, 1].mean()))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gpt2", "gpt_neox", "mixtral"])
+def test_fused_conv1d_and_experts_equal_direct_computation(arch, tok, texts):
+    from plop_core.modules import discover_candidates
+
+    model = tiny_model(arch)
+    cands = discover_candidates(model).candidates
+    kinds = {c.kind for c in cands}
+    assert kinds & {"fused", "conv1d", "experts"}, kinds
+    s = score_nfn(model, tok, texts, batch_size=4, estimator="analytic", **FAST)  # padding in the batches
+    direct = _direct_scores(model, tok, texts, cands)
+    rows = [(r.module, None, r) for r in s.modules.itertuples()] + [(r.module, r.type, r) for r in s.parts.itertuples()]
+    assert len(rows) == len(direct)
+    for module, part, r in rows:
+        feature, nfn = direct[(module, part)]
+        assert r.feature_norm == pytest.approx(feature, rel=1e-5), (module, part)
+        assert r.nfn == pytest.approx(nfn, rel=1e-5), (module, part)
+    if "experts" in kinds:
+        routed = s.modules[s.modules["kind"] == "experts"]
+        k = model.config.num_experts_per_tok
+        assert (routed["n_tokens"] == k * s.meta["n_tokens"]).all()  # pairs, not tokens
+        assert np.allclose(routed["baseline_norm"], routed["feature_norm"] / routed["nfn"])
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "qwen2_moe"])
+def test_other_families_are_batching_invariant_for_every_estimator(arch, tok, texts):
+    model = tiny_model(arch)
+    for est in ("probe", "reference"):
+        one = score_nfn(model, tok, texts, batch_size=1, estimator=est, **FAST)
+        many = score_nfn(model, tok, texts, batch_size=len(texts), estimator=est, **FAST)
+        np.testing.assert_allclose(many.per_sequence["sum_a"], one.per_sequence["sum_a"], rtol=1e-5)
+        assert np.isfinite(many.modules["nfn"]).all() and np.isfinite(many.parts["nfn"]).all()
+        assert (many.modules["baseline_se"] > 0).all()

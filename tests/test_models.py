@@ -140,6 +140,7 @@ def test_real_assets_fetch_load_forward(shared_home):
         lm = load_model(name, task="auto", device="cpu")
         idt = lm.identity
         assert idt.source == "asset" and idt.path == str(d) and idt.sha256 == manifest["weights_sha256"]
+        assert manifest["weights_sha256"] == ASSETS[name].converted_sha256  # conversion is reproducible
         batch = lm.tokenizer(["The capital of France is", "2 + 2 ="], return_tensors="pt", padding=True)
         with torch.no_grad():
             out = lm.model(**batch)

@@ -385,7 +385,9 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
         else:
             if key is not None:
                 used_keys.add(key)
-            unmatched.append((lf.name, "outside the repeated layer blocks (head, pooler, classifier or adapter)"))
+            other = next((o for o, _ in stacks[1:] if lf.name.startswith(f"{o}.")), None)
+            unmatched.append((lf.name, f"in block stack {other}, not scanned (only the largest stack is)" if other
+                              else "outside the repeated layer blocks (head, pooler, classifier or adapter)"))
     unused = [k for k in overrides if k not in used_keys]
     if unused:
         raise ValueError(f"overrides {unused} matched no linear-like module; keys match a leaf name (q_proj), a "

@@ -259,7 +259,7 @@ def select_placement(scores, strategy: str = "plop", k: int = 3, seed: int = 0) 
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(placeable):
             raise ValueError(f"k={k!r} must be an integer in 1..{len(placeable)} (the placeable types of this model: "
                              f"{', '.join(placeable)})")
-    chosen = strat.pick(placeable, nfn, int(k), int(seed))
+    chosen = strat.pick(placeable, nfn, int(k) if strat.uses_k else 0, int(seed))
     return placement_from_types(disc, chosen, strategy=strategy, k=int(k) if strat.uses_k else None,
                                 seed=int(seed) if strategy == "random" else None, nfn=nfn)
 

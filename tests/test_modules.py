@@ -291,3 +291,50 @@ def test_thirty_layer_model_no_forward():
     assert len(disc.candidates) == 30 * 7 and disc.layers == list(range(30))
     for h in hooks:
         h.remove()
+
+
+class _Expert(nn.Module):
+    def __init__(self, h, i):
+        super().__init__()
+        self.w1, self.w3, self.w2 = nn.Linear(h, i, bias=False), nn.Linear(h, i, bias=False), nn.Linear(i, h)
+
+
+class _Block(nn.Module):
+    def __init__(self, h=32, i=48, e=3):
+        super().__init__()
+        self.attn = nn.Module()
+        for n, o in (("wq", h), ("wk", 16), ("wv", 16)):
+            setattr(self.attn, n, nn.Linear(h, o))
+        self.attn.wo = nn.Linear(h, h)
+        self.moe = nn.Module()
+        self.moe.gate = nn.Linear(h, e, bias=False)
+        self.moe.experts = nn.ModuleList(_Expert(h, i) for _ in range(e))
+
+
+class _Net(nn.Module):
+    """A config-less model with one nn.Linear per expert (kind "expert") and a Linear router."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 32)
+        self.blocks = nn.ModuleList(_Block() for _ in range(2))
+        self.head = nn.Linear(32, 10)
+
+
+def test_per_expert_linears_without_config():
+    from peft import get_peft_model
+
+    from plop_core.placement import select_placement
+
+    disc = discover_candidates(_Net())
+    roles = {c.name.removeprefix(f"blocks.{c.layer}."): (c.type, c.kind) for c in disc.candidates}
+    assert roles["attn.wq"] == ("q", "linear") and roles["attn.wo"] == ("o", "linear")
+    assert {roles[f"moe.experts.{e}.{w}"] for e in range(3) for w in ("w1", "w3", "w2")} == {
+        ("gate", "expert"), ("up", "expert"), ("down", "expert")}
+    assert roles["moe.experts.2.w2"] == ("down", "expert") and len(disc.candidates) == 2 * (4 + 9)
+    unmatched = dict(disc.unmatched)
+    assert unmatched["blocks.0.moe.gate"].startswith("router") and "head" in unmatched
+    placement = select_placement(disc, "mlp")
+    peft_model = get_peft_model(_Net(), placement.to_lora_config(r=2))
+    assert len(placement.match_report(peft_model)) == 18
+    assert peft_model.get_nb_trainable_parameters()[0] == placement.trainable_params(2)

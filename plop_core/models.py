@@ -35,7 +35,7 @@ class ModelIdentity:
 
     source: str  # "asset" | "local" | "hub"
     id: str  # asset name, path as given, or hub id
-    path: str | None  # resolved folder (None for hub models)
+    path: str | None  # resolved folder (hub models: the HF cache snapshot, None if unknown)
     revision: str | None  # hub commit hash (or the requested revision if the commit is unknown)
     sha256: str | None  # digest of the weight files (local and asset)
     dtype: str
@@ -220,10 +220,10 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
     model.eval()
 
     revision = sha = asset_sha = None
-    if source == "hub":
-        revision = getattr(model.config, "_commit_hash", None) or spec.revision
-        snap = _hub_snapshot(mid, revision)
-        sha = weights_sha256(snap) if snap else None
+    if source == "hub":  # the HF cache snapshot folder is named by its commit hash
+        folder = _hub_snapshot(mid, spec.revision)
+        revision = getattr(model.config, "_commit_hash", None) or (folder.name if folder else spec.revision)
+        sha = weights_sha256(folder) if folder else None
     else:
         sha = weights_sha256(folder)
         if source == "asset":
@@ -241,7 +241,7 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
 
 
 def _hub_snapshot(mid: str, revision: str | None) -> Path | None:
-    """The local snapshot folder of a hub model, when its weights are in the HF cache."""
+    """The local snapshot folder (named by commit) of a hub model, when its weights are in the HF cache."""
     try:
         from huggingface_hub import try_to_load_from_cache
 

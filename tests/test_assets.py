@@ -197,3 +197,14 @@ def test_cli_list_path_and_errors(tiny_asset, capsys):
     assert main(["assets", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["assets"]
     assert next(r for r in rows if r["name"] == "tiny-llama")["fetched"] is True
+
+
+def test_concurrent_package_dir_extracts_once(tiny_pkg, home):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stale = home / "packages" / ".tmp-tiny-data@killed"
+    stale.mkdir(parents=True)  # left by a killed build: removed under the lock
+    with ThreadPoolExecutor(4) as ex:
+        dirs = list(ex.map(lambda _: package_dir(tiny_pkg, progress=False), range(4)))
+    assert len(set(dirs)) == 1 and (dirs[0] / "tiny_data/data/rows.jsonl").exists()
+    assert not list((home / "packages").glob(".tmp-*"))

@@ -93,6 +93,24 @@ def test_hub_id_while_offline_says_how_to_fix(monkeypatch):
     assert "smollm2-135m-instruct" in msg and "HF_HUB_OFFLINE=0" in msg
 
 
+def test_hub_id_served_from_offline_cache(llama_dir, tmp_path, monkeypatch):
+    """A hub id works offline when the HF cache holds it; the identity records the commit and weight digest."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--plop-test--tiny-llama"
+    shutil.copytree(llama_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = load_model("plop-test/tiny-llama", progress=False)
+    idt = lm.identity
+    assert idt.source == "hub" and idt.revision == commit and idt.path.endswith(commit)
+    assert idt.sha256 == weights_sha256(llama_dir)
+    assert identity_key(idt) == identity_key(load_model(str(llama_dir), progress=False).identity)
+
+
 def test_bad_local_paths(tmp_path, llama_dir):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "missing" / "model"), progress=False)

@@ -101,8 +101,9 @@ def get_model(spec: dict | ModelSpec, key: str):
 
 
 def scoring_cell_key(model: dict, sample: dict, cfg: SweepConfig) -> str:
+    arms = list(cfg.finetune.arms) if cfg.finetune.method != "none" else []
     return config_hash("score", model["identity_key"], sample["sample_hash"], cfg.sampling.max_length,
-                       cfg.scorer, cfg.selection, artifacts.code_version())
+                       cfg.scorer, cfg.selection, arms, artifacts.code_version())
 
 
 def plan_scoring_cells(cfg: SweepConfig, models: list[dict], samples: dict[str, dict]) -> list[dict]:
@@ -114,12 +115,13 @@ def plan_scoring_cells(cfg: SweepConfig, models: list[dict], samples: dict[str, 
     for m in models:
         for task in cfg.tasks:
             s = samples[task]
-            key = scoring_cell_key(m, s, cfg)
+            key = scoring_cell_key(m, s, cfg)  # arms only add files: cells scored without them are re-run
             cells.append({
                 "sweep": cfg.name, "root": str(root), "cell_key": key, "model": m, "task": task,
                 "model_name": m["model_name"], "task_name": s["task_name"], "sample": s,
                 "sampling": cfg.sampling.model_dump(mode="json"), "scorer": cfg.scorer.model_dump(mode="json"),
                 "selection": cfg.selection.model_dump(mode="json"), "strategies": strategies,
+                "arms": list(cfg.finetune.arms) if cfg.finetune.method != "none" else [],
                 "r": cfg.finetune.lora.r, "lora_alpha": cfg.finetune.lora.lora_alpha,
                 "config_hash": config_hash(cfg.sampling, cfg.scorer, cfg.selection),
             })
@@ -198,6 +200,11 @@ def score_cell(cell: dict, progress: bool = False) -> dict:
                                        title=f"NFN: {cell['model_name']} on {cell['task_name']}"))
     files["placement"] = str(artifacts.atomic_write_json(out / "placement.json", placements[0]))
     files["lora_config"] = str(artifacts.atomic_write_json(out / "lora_config.json", sc.lora_config))
+    if cell.get("arms"):
+        from plop_core.experiment import arm_placement
+
+        arm_pl = {a: arm_placement(a, sc.scores, sc.scores.discovery, selection.k).to_dict() for a in cell["arms"]}
+        files["arm_placements"] = str(artifacts.atomic_write_json(out / "arm_placements.json", arm_pl))
     types = sc.scores.types.sort_values("nfn")
     record = {
         "cell_key": cell["cell_key"], "model_name": cell["model_name"], "task_name": cell["task_name"],
@@ -246,3 +253,105 @@ def markdown_table(df) -> str:
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join("" if v is None else str(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- finetune arms (benchmark sweep)
+
+
+def plan_finetune(rec: dict, task: str, cfg: SweepConfig) -> dict:
+    """For one scored cell: each arm's placement and budget-matched rank, the train/held-out rows (JSON
+    files), and one run record per (arm, seed) with its cache key. Nothing is trained here."""
+    from plop_core.data import resolve_task
+    from plop_core.experiment import budget_ranks, experiment_rows
+    from plop_core.placement import Placement
+
+    ft, ev = cfg.finetune, cfg.evaluation
+    arm_pl = json.loads(Path(rec["files"]["arm_placements"]).read_text())
+    ranks = budget_ranks({a: Placement.from_dict(d) for a, d in arm_pl.items()}, ft.lora.r, ft.budget_match)
+    key = config_hash("finetune", rec["cell_key"], ft, ev, artifacts.code_version())
+    fdir = Path(cfg.outputs.root).expanduser().resolve() / "finetune" / f"model={rec['model_name']}" \
+        / f"task={rec['task_name']}" / key
+    train_path, eval_path = fdir / "train_rows.json", fdir / "eval_rows.json"
+    if not (train_path.exists() and eval_path.exists()):
+        train, held = experiment_rows(resolve_task(task), ft.train_samples, ev.n_samples)
+        artifacts.atomic_write_json(train_path, train)
+        artifacts.atomic_write_json(eval_path, held)
+    model = rec["identity"].get("path") or rec["identity"]["id"]
+    runs = [{"arm": a, "seed": int(seed), "rank": ranks[a]["rank"], "target_params": ranks[a]["target_params"],
+             "placement": arm_pl[a], "model": model, "task": task, "model_name": rec["model_name"],
+             "task_name": rec["task_name"], "finetune": ft.model_dump(mode="json"),
+             "evaluation": ev.model_dump(mode="json"), "train_rows": str(train_path), "eval_rows": str(eval_path),
+             "out_dir": str(fdir / "runs"), "run_key": config_hash(key, a, int(seed))}
+            for a in ft.arms for seed in ft.seeds]
+    return {"dir": str(fdir), "key": key, "runs": runs, "model": model, "task": task,
+            "base_key": config_hash(key, "base")}
+
+
+def run_done(run: dict) -> bool:
+    return (Path(run["out_dir"]) / f"{run['run_key']}.json").is_file()
+
+
+def finetune_run(run: dict) -> dict:
+    """Finetune and evaluate one (arm, seed) (plop_core.experiment.run_arm); the record is kept as JSON."""
+    from plop_core.experiment import run_arm
+
+    rec = run_arm(run["model"], run["task"], run["placement"], run["rank"], run["seed"], run["finetune"],
+                  run["evaluation"], run["train_rows"], run["eval_rows"], run["out_dir"], arm=run["arm"])
+    rec["target_params"] = run["target_params"]
+    artifacts.atomic_write_json(Path(run["out_dir"]) / f"{run['run_key']}.json", rec)
+    return rec
+
+
+def evaluate_base_model(plan: dict, model_spec: dict, model_key: str) -> dict:
+    """The base model (no adapter) on the same held-out rows: the floor every arm is compared with."""
+    from plop_core.config import EvalConfig
+    from plop_core.data import resolve_task
+    from plop_core.experiment import evaluate_base
+
+    run = plan["runs"][0]
+    lm = get_model(model_spec, model_key)
+    rows = json.loads(Path(run["eval_rows"]).read_text())
+    return evaluate_base(lm, resolve_task(plan["task"]), rows, EvalConfig.model_validate(run["evaluation"]),
+                         run["finetune"]["max_length"])
+
+
+def finish_experiment(rec: dict, plan: dict, arm_recs: list[dict], base: dict | None, cfg: SweepConfig,
+                      sweep: str) -> dict:
+    """Summary with intervals (plop_core.experiment.summarize), training/evaluation tables, comparison PNG."""
+    import pandas as pd
+
+    from plop_core.experiment import summarize
+    from plop_core.plots import comparison_chart
+
+    metrics = list(cfg.evaluation.metrics)
+    allrecs = ([base] if base else []) + arm_recs
+    per_row = {(r["arm"], r["seed"]): r.get("per_row", {}) for r in allrecs}
+    runs = pd.DataFrame([{k: v for k, v in r.items() if k != "per_row"} for r in allrecs])
+    summary = summarize(runs, per_row, metrics, cfg.evaluation.ci_level)
+    prov = artifacts.Provenance(
+        sweep=sweep, cell_key=plan["key"], model_name=rec["model_name"], model_id=rec["identity"]["id"],
+        model_identity=rec["model_identity"], task_name=rec["task_name"], sample_hash=rec["sample_hash"],
+        sample_seed=cfg.sampling.seed, n_samples=cfg.finetune.train_samples, estimator=rec["estimator"],
+        scorer_seed=cfg.scorer.seed, config_hash=config_hash(cfg.finetune, cfg.evaluation))
+    train_rows, eval_rows = [], []
+    for r in arm_recs:
+        for step, loss in enumerate(r.get("losses") or [r.get("first_loss"), r.get("final_loss")]):
+            train_rows.append(dict(arm=r["arm"], seed=r["seed"], step=step, loss=loss, learning_rate=None))
+    for r in allrecs:
+        for m in metrics:
+            eval_rows.append(dict(arm=r["arm"], seed=r["seed"], strategy=r["arm"], types=r.get("types") or [],
+                                  lora_rank=r.get("rank"), trainable_params=r.get("trainable_params"), metric=m,
+                                  value=r.get(m), ci_low=r.get(f"{m}_low"), ci_high=r.get(f"{m}_high"),
+                                  n=r.get(f"{m}_n"), train_loss_final=r.get("final_loss"),
+                                  train_seconds=r.get("train_s")))
+    files = {"evaluation": str(artifacts.write_cell_table(cfg.outputs.root, "evaluation", eval_rows, prov))}
+    if train_rows:
+        files["training"] = str(artifacts.write_cell_table(cfg.outputs.root, "training", train_rows, prov))
+    m = metrics[0]
+    chart_df = pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], "value": r.get(m), "ci_low": r.get(f"{m}_low"),
+                              "ci_high": r.get(f"{m}_high")} for r in allrecs])
+    files["chart"] = str(comparison_chart(chart_df, Path(plan["dir"]) / f"comparison_{m}.png", metric=m,
+                                          title=f"{rec['model_name']} on {rec['task_name']}: {m} by arm"))
+    files["summary"] = str(artifacts.write_parquet_atomic(summary, Path(plan["dir"]) / "summary.parquet"))
+    return {"model_name": rec["model_name"], "task_name": rec["task_name"], "metric": m, "files": files,
+            "summary": json.loads(summary.to_json(orient="records"))}

@@ -71,6 +71,45 @@ def report_cell(rec: dict, uri: str, experiment_id: str, parent_run_id: str, cac
     return run_id
 
 
+@task(name="report-experiment", task_run_name="report arms {rec[model_name]} on {rec[task_name]}")
+def report_experiment(rec: dict, plan: dict, arm_recs: list[dict], result: dict, uri: str, experiment_id: str,
+                      cell_run_id: str) -> list[str]:
+    """A nested MLflow run per (arm, seed) under the cell's run (training curve, evaluation metrics with
+    intervals), the comparison chart and tables on the cell's run, and a Prefect table of the summary."""
+    run_ids = []
+    metrics = [m for m in plan["runs"][0]["evaluation"]["metrics"]]
+    for r in arm_recs:
+        rid = tracking.start_run(
+            uri, experiment_id, f"{r['arm']} seed {r['seed']}", parent_run_id=cell_run_id,
+            params={"arm": r["arm"], "seed": r["seed"], "rank": r["rank"], "types": r.get("types"),
+                    "trainable_params": r.get("trainable_params"), "target_params": r.get("target_params"),
+                    "n_modules": r.get("n_modules"), "finetune": plan["runs"][0]["finetune"],
+                    "run_key": next((x["run_key"] for x in plan["runs"]
+                                     if x["arm"] == r["arm"] and x["seed"] == r["seed"]), "")},
+            tags={"plop.level": "arm", "model": rec["model_name"], "task": rec["task_name"], "arm": r["arm"],
+                  "placement": r.get("types", "")})
+        vals = {k: r.get(k) for m in metrics for k in (m, f"{m}_low", f"{m}_high")}
+        vals.update({k: r.get(k) for k in ("first_loss", "final_loss", "train_s", "tokens_per_s", "peak_mem_mb",
+                                            "mean_reward", "eval_s")})
+        tracking.log_metrics(uri, rid, vals)
+        curve = r.get("losses") or [r.get("first_loss"), r.get("final_loss")]
+        tracking.log_curve(uri, rid, "train.loss", [(i, v) for i, v in enumerate(curve) if v is not None])
+        tracking.log_json(uri, rid, {k: v for k, v in r.items() if k != "per_row"}, "run.json")
+        tracking.end_run(uri, rid)
+        run_ids.append(rid)
+    for name in ("chart", "summary", "evaluation", "training"):
+        if name in result["files"]:
+            tracking.log_artifact(uri, cell_run_id, result["files"][name], "experiment")
+    m = result["metric"]
+    rows = [{"arm": s["arm"], "types": s.get("types") or "-", "rank": s.get("rank"),
+             "params": s.get("trainable_params"), m: round(s[m], 4),
+             "interval": f"[{s[m + '_low']:.3f}, {s[m + '_high']:.3f}]"} for s in result["summary"]]
+    create_table_artifact(key=artifact_key("arms", rec["model_name"], rec["task_name"]), table=rows,
+                          description=f"{m} by arm at matched budget, {rec['model_name']} on {rec['task_name']}; "
+                                      f"chart: {result['files']['chart']}")
+    return run_ids
+
+
 @task(name="report-sweep")
 def report_sweep(cfg: dict, summary_markdown: str, manifest: dict, uri: str, parent_run_id: str,
                  chart: str | None = None) -> str:

@@ -142,3 +142,27 @@ def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, 
     changed = run_sweep(sweep_config, overrides=["sampling.n_samples=6"])
     assert set(_task_runs(changed["flow_run_id"], "score tiny-").values()) == {"Completed"}
     assert {c["cell_key"] for c in changed["cells"]}.isdisjoint({c["cell_key"] for c in man["cells"]})
+
+
+@pytest.mark.slow
+def test_benchmark_sweep_finetunes_arms_per_cell(prefect_api, ray_local, sweep_config):
+    from flows import run_sweep
+
+    cfg = dict(sweep_config, name="tiny-bench", models=sweep_config["models"][:1], tasks=["arithmetic"],
+               finetune={"method": "sft", "arms": ["plop", "attn"], "seeds": [0], "lora": {"r": 2},
+                         "train_samples": 8, "max_steps": 2, "batch_size": 4, "max_length": 48},
+               evaluation={"metrics": ["nll"], "n_samples": 8, "n_bootstrap": 50},
+               outputs={"root": sweep_config["outputs"]["root"] + "-bench", "experiment": "tiny-bench"})
+    man = run_sweep(cfg)
+    (exp,) = man["experiments"]
+    assert {s["arm"] for s in exp["summary"]} == {"base", "plop", "attn"}
+    ev = pd.read_parquet(f"{cfg['outputs']['root']}/evaluation")
+    assert set(ev["arm"]) == {"base", "plop", "attn"} and ev["value"].notna().all() and (ev["metric"] == "nll").all()
+    ranks = ev.set_index("arm")["trainable_params"]
+    assert abs(ranks["attn"] - ranks["plop"]) <= 0.5 * ranks["plop"]  # matched budget (rank-granular)
+    runs = tracking.find_runs(man["mlflow_uri"], "tiny-bench")
+    cell = runs[runs["tags.plop.level"] == "cell"]["run_id"].iloc[0]
+    arms = runs[runs["tags.plop.level"] == "arm"]
+    assert len(arms) == 2 and (arms["tags.mlflow.parentRunId"] == cell).all() and arms["metrics.nll"].notna().all()
+    states = _task_runs(exp["flow_run_id"], "finetune ")  # the per-cell subflow's task runs
+    assert set(states.values()) == {"Completed"} and len(states) == 2

@@ -182,3 +182,27 @@ def test_bad_input_errors():
         placement_from_types(disc, [])
     with pytest.raises(ValueError, match=r"not a placement dict"):
         Placement.from_dict({"types": ["q"]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asset,n_layers,auto", [("smollm2-135m-instruct", 30, "AutoModelForCausalLM"),
+                                                  ("gemma3-270m", 18, "AutoModelForCausalLM"),
+                                                  ("minilm-l6", 6, "AutoModel")])
+def test_real_offline_models(asset, n_layers, auto):
+    """Real checkpoints (when fetched): every layer has its types, PEFT's count equals the placement's."""
+    import transformers
+
+    from plop_core.assets import asset_path_or_none
+
+    path = asset_path_or_none(asset)
+    if path is None:
+        pytest.skip(f"offline asset {asset} not fetched (plop assets fetch {asset})")
+    model = getattr(transformers, auto).from_pretrained(path)
+    disc = discover_candidates(model)
+    want = ["q", "k", "v", "o", "up", "down"] if auto == "AutoModel" else ["q", "k", "v", "o", "gate", "up", "down"]
+    assert disc.types == want and disc.layers == list(range(n_layers))
+    assert len(disc.candidates) == n_layers * len(want)
+    placement = select_placement(disc, "all")
+    peft_model = get_peft_model(model, placement.to_lora_config(r=8))
+    assert placement.match_report(peft_model)["adapted"].all()
+    assert peft_model.get_nb_trainable_parameters()[0] == placement.trainable_params(8)

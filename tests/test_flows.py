@@ -166,3 +166,28 @@ def test_benchmark_sweep_finetunes_arms_per_cell(prefect_api, ray_local, sweep_c
     assert len(arms) == 2 and (arms["tags.mlflow.parentRunId"] == cell).all() and arms["metrics.nll"].notna().all()
     states = _task_runs(exp["flow_run_id"], "finetune ")  # the per-cell subflow's task runs
     assert set(states.values()) == {"Completed"} and len(states) == 2
+
+
+def test_prefect_yaml_deployments_register_with_sweep_config_parameters(prefect_api):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+
+    from plop_core.config import load_sweep_config
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, PLOP_REPO=str(root))
+    prefect = [sys.executable, "-m", "prefect"]
+    subprocess.run(prefect + ["work-pool", "create", "--type", "process", "plop-process", "--overwrite"],
+                   env=env, check=True, capture_output=True)
+    r = subprocess.run(prefect + ["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--all"],
+                       cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        for name in ("plop-score-sweep/score", "plop-benchmark-sweep/benchmark"):
+            dep = client.read_deployment_by_name(name)
+            assert dep.work_pool_name == "plop-process"
+            cfg = load_sweep_config(dep.parameters["config"])  # the parameter IS a SweepConfig
+            assert cfg.models[0].id == "smollm2-135m-instruct"

@@ -118,8 +118,12 @@ def code_version() -> str:
     env = os.environ.get("PLOP_CODE_VERSION")
     if env:
         return env
-    from plop_core import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        __version__ = version("plop")
+    except PackageNotFoundError:
+        __version__ = "0+unknown"
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=10", "HEAD"], cwd=Path(__file__).resolve().parent,

@@ -78,7 +78,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def start_run(uri: str, experiment_id: str, name: str, parent_run_id: str | None = None,
               params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> str:
     """Create a run (nested under `parent_run_id` if given), log params and tags; returns its id."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client = client_for(uri)
     all_tags = dict(tags or {})

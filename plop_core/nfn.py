@@ -227,12 +227,12 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
                 n_tokens += int(mask.sum())
                 collector.start_batch(mask.to(device), start)
                 model(input_ids=batch["input_ids"].to(device), attention_mask=attn.to(device), **extra)
-                bad = collector.first_non_finite()
+                bad = collector.end_batch()
                 if bad is not None:
-                    name, where = bad
                     raise NonFiniteActivationError(
-                        f"non-finite values (NaN/inf) in the {where} of module {name} while scoring in {dtype}; "
-                        "float16 overflows easily: load the model in bfloat16 or float32 (ModelSpec.dtype)")
+                        f"non-finite values (NaN/inf) in the input or output of module {bad} while scoring in "
+                        f"{str(dtype).replace('torch.', '')}; float16 overflows easily: load the model in bfloat16 "
+                        "or float32 (ModelSpec.dtype)")
             stats = collector.result()
     finally:
         if collector is not None:

@@ -95,8 +95,9 @@ class HookCollector:
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.stats = torch.zeros(5, len(units), n_seq, dtype=acc_dtype, device=device)
         n_mod = max(u.module_index for u in units) + 1
-        self.flags = torch.zeros(n_mod, 2, dtype=torch.bool, device=device)
         self.names = [None] * n_mod
+        self.dense = torch.tensor([u.index for u in units if u.cand.kind != "experts"], dtype=torch.long,
+                                  device=device)
         self.groups: dict[int, tuple[str, torch.nn.Module, list[Unit]]] = {}  # by module identity
         self.expert_pairs: dict[int, np.ndarray] = {}
         self.expert_rho: dict[int, torch.Tensor] = {}
@@ -127,17 +128,31 @@ class HookCollector:
         self.handles = []
 
     def start_batch(self, mask: torch.Tensor, offset: int) -> None:
-        self.mask, self.offset = mask, offset
+        self.mask, self.offset, self.all_real = mask, offset, bool(mask.all())
         self.count = mask.sum(1, dtype=torch.float64).to(self.stats.dtype)
+        # per-batch fp32 sums of a(z) of the dense units, written in place by the hooks (torch.sum(out=))
+        self.batch_sa = torch.zeros(len(self.units), mask.shape[0], dtype=torch.float32, device=mask.device)
+        self.last_input, self.last_norm = None, None
         if self.reference:
             self.n_real = int(self.count.sum())
             self.real_seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
 
-    def first_non_finite(self) -> tuple[str, str] | None:
-        if not bool(self.flags.any()):  # one sync per batch
+    def end_batch(self) -> str | None:
+        """Fold the batch into the totals; name the first module whose sums are NaN/inf, else None.
+
+        A NaN/inf in a module's input or output at a real token propagates into its per-sequence sum,
+        so one finiteness test of this batch's sums (one sync per batch) covers every module.
+        """
+        n_b = self.mask.shape[0]
+        window = self.stats[:, :, self.offset:self.offset + n_b]
+        if len(self.dense):
+            window[SA].index_add_(0, self.dense, self.batch_sa.index_select(0, self.dense).to(window.dtype))
+            window[SCNT].index_add_(0, self.dense, self.count.expand(len(self.dense), n_b))
+        self.last_input, self.last_norm, self.batch_sa = None, None, None
+        bad = ~torch.isfinite(window).all(dim=2).all(dim=0)
+        if not bool(bad.any()):
             return None
-        m, where = (int(v) for v in self.flags.nonzero()[0])
-        return self.names[m], ("input" if where == 0 else "output")
+        return self.names[self.units[int(bad.nonzero()[0, 0])].module_index]
 
     def result(self) -> np.ndarray:
         for i, v in self.expert_pairs.items():
@@ -169,16 +184,14 @@ class HookCollector:
                                    "tokens only cannot be scored per sequence; score the packed experts instead")
             bias = getattr(mod, "bias", None)
             yb = y if bias is None else y.float() - bias.float()
-            zn = _norm(x).clamp_min(_TINY)
-            m = units[0].module_index
+            if x is not self.last_input:  # q/k/v (gate/up) receive the same tensor: one input norm for all
+                self.last_input, self.last_norm = x, _norm(x).clamp_min_(_TINY)
+            zn = self.last_norm
             for u in units:
-                yn = _norm(_take(yb, u.rows))
-                if u.part is None:
-                    self.flags[m, 0] |= (~torch.isfinite(zn) & mask).any()
-                    self.flags[m, 1] |= (~torch.isfinite(yn) & mask).any()
-                a = torch.where(mask, yn / zn, 0.0)
-                self._add(SA, u.index, a.sum(1, dtype=torch.float64))
-                self._add(SCNT, u.index, self.count)
+                a = _norm(_take(yb, u.rows)).div_(zn)
+                if not self.all_real:
+                    a = torch.where(mask, a, 0.0)
+                torch.sum(a, dim=1, out=self.batch_sa[u.index])
             if self.reference:
                 self._reference_dense(name, mod, x, units)
         return hook
@@ -237,7 +250,6 @@ class HookCollector:
                    "down": [u for u in units if u.leaf == "down_proj"]}
         a = {u.index: torch.empty(n_pairs, device=hidden.device) for u in units}
         base = {u.index: torch.empty(n_pairs, device=hidden.device) for u in units} if self.reference else {}
-        z_in = torch.empty(n_pairs, device=hidden.device)
         gen = self._gen(name, hidden.device) if self.reference else None
 
         def lin(v, w):
@@ -257,7 +269,6 @@ class HookCollector:
             start = sl.stop
             z = hidden[tok[sl]]
             zn = _norm(z).clamp_min(_TINY)
-            z_in[sl] = zn
             h0 = lin(z, w_up[e])
             record(a, by_leaf["up"], h0, zn, sl)
             if by_leaf["down"]:
@@ -273,9 +284,6 @@ class HookCollector:
         zeros = torch.zeros(n_b, dtype=self.stats.dtype, device=hidden.device)
         ones = torch.ones(n_pairs, dtype=self.stats.dtype, device=hidden.device)
         for u in units:
-            if u.part is None:
-                self.flags[u.module_index, 0] |= (~torch.isfinite(z_in)).any()
-                self.flags[u.module_index, 1] |= (~torch.isfinite(a[u.index])).any()
             av = a[u.index].to(self.stats.dtype)
             self._add(SA, u.index, zeros.index_add(0, seq, av))
             self._add(SCNT, u.index, zeros.index_add(0, seq, ones))

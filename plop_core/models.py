@@ -127,7 +127,11 @@ def _offline_error(model_id: str) -> ValueError:
 
 def _check_local(folder: Path) -> None:
     if not folder.is_dir():
-        raise FileNotFoundError(f"model path {folder} is a file, not a folder; pass the folder that holds config.json")
+        hint = (" GGUF files are not loaded directly: use an offline asset (`plop assets list`) or convert it once "
+                "with transformers (`from_pretrained(dir, gguf_file=...)` then `save_pretrained`)."
+                if folder.suffix == ".gguf" else "")
+        raise FileNotFoundError(f"model path {folder} is a file, not a folder; pass the folder that holds "
+                                f"config.json.{hint}")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"model folder {folder} has no config.json; pass a folder made by save_pretrained")
     if not _weight_files(folder):
@@ -142,6 +146,9 @@ def resolve(spec: ModelSpec | str, progress: bool = True) -> tuple[str, str, Pat
     """(source, id, folder) for a spec: local path first, then an asset name (fetched if missing), else hub."""
     spec = ModelSpec(id=spec) if isinstance(spec, str) else spec
     mid = spec.id
+    if not mid.strip():
+        raise ValueError(f"empty model id; give a local folder, an offline asset ({', '.join(assets.ASSETS)}) "
+                         f"or a hub id like org/name")
     p = Path(mid).expanduser()
     if p.exists():
         _check_local(p)

@@ -126,6 +126,12 @@ def test_bad_local_paths(tmp_path, llama_dir):
         load_model(str(pickled), progress=False)
     with pytest.raises(ValueError, match="task"):
         load_model(str(llama_dir), task="seq2seq", progress=False)
+    with pytest.raises(ValueError, match="empty model id"):
+        load_model(" ", progress=False)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match="not a folder.*offline asset"):
+        load_model(str(gguf), progress=False)
 
 
 def test_identity_key_is_stable_text():

@@ -116,3 +116,15 @@ def test_bad_arm_names_the_fix(llama_dir, tmp_path):
         run_experiment(str(llama_dir), "arithmetic", ["attn", "bogus"], [0],
                        FinetuneConfig(max_steps=1, train_samples=4), EvalConfig(n_samples=2), out_dir=tmp_path,
                        progress=False)
+
+
+def test_compare_cli_prints_the_table(llama_dir, tmp_path, capsys):
+    from plop_core.cli import main
+
+    rc = main(["compare", "--model", str(llama_dir), "--task", "arithmetic", "--arms", "all,q+v", "--seeds", "0",
+               "--max-steps", "1", "--n-train", "4", "--n-eval", "3", "--r", "2", "--no-budget-match",
+               "--max-length", "64", "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "nll (lower is better" in out and "q,v" in out and "base" in out
+    assert (tmp_path / "summary.parquet").is_file() and (tmp_path / "runs" / "q_v_seed0" / "adapter").is_dir()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,28 @@ def model_identity(model: torch.nn.Module) -> str:
     return f"{name}@{revision}"
 
 
+_HASHES: dict[int, tuple] = {}  # id(tensor) -> (weakref, stamp, digest)
+
+
 def weight_hash(weight: torch.Tensor) -> str:
+    """blake2b of the weight's bytes, memoised per tensor while its stamp is unchanged, so repeated
+    scoring of one model hashes once. The stamp holds data_ptr and _version plus the fp64 sum and norm
+    of the values (one cheap pass each), because edits through `.data` do not bump `_version`."""
+    with torch.no_grad():
+        stamp = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype,
+                 float(weight.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(weight, dtype=torch.float64)))
+    memo = _HASHES.get(id(weight))
+    if memo is not None and memo[0]() is weight and memo[1] == stamp:
+        return memo[2]
+    digest = _hash_bytes(weight)
+    if len(_HASHES) > 100_000:  # drop entries of tensors that are gone
+        for k in [k for k, v in _HASHES.items() if v[0]() is None]:
+            del _HASHES[k]
+    _HASHES[id(weight)] = (weakref.ref(weight), stamp, digest)
+    return digest
+
+
+def _hash_bytes(weight: torch.Tensor) -> str:
     w = weight.detach().contiguous().cpu()
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{tuple(w.shape)}|{w.dtype}".encode())
@@ -124,6 +146,7 @@ def weight_hash(weight: torch.Tensor) -> str:
 
 
 def cache_key(identity: str, module: str, n_probe: int, seed: int, weight: torch.Tensor) -> str:
+    """Key of a probe baseline; `weight` is the stored parameter (any dtype/orientation: only hashed)."""
     return json.dumps({"v": CACHE_VERSION, "model": identity, "module": module, "estimator": "probe",
                        "n_probe": int(n_probe), "seed": int(seed), "weight": weight_hash(weight)}, sort_keys=True)
 

@@ -129,18 +129,20 @@ def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, pro
         return {}
     identity, out = model_identity(model), {}
     for c in tqdm(cands, desc=f"baselines ({estimator})", disable=not progress, leave=False):
-        w = discovery_module.get_weight(model, c)
+        label = c.name if c.param is None or c.name.endswith(c.param) else f"{c.name}|{c.param}"
         parts = {p.type: torch.as_tensor(p.rows, dtype=torch.long) for p in c.parts}
-        if estimator == "analytic":
-            out[c.name + "|" + str(c.param)] = analytic_baseline(w, parts)
-            continue
-        key = cache_key(identity, c.name + ("" if c.param is None else "|" + c.param), n_probe, seed, w)
-        base = cache.get(key)
+        key = base = None
+        if estimator == "probe":  # the stored parameter is hashed (memoised) before any fp32 copy is made
+            mod, leaf = module_of(model, c)
+            key = cache_key(identity, label, n_probe, seed, getattr(mod, leaf or "weight"))
+            base = cache.get(key)
         if base is None:
-            base = probe_baseline(w, parts, n_probe, seed, c.name + ("" if c.param is None else "|" + c.param))
-            cache.put(key, base)
+            w = discovery_module.get_weight(model, c)
+            base = analytic_baseline(w, parts) if estimator == "analytic" else probe_baseline(w, parts, n_probe, seed, label)
+            del w
+            if key is not None:
+                cache.put(key, base)
         out[c.name + "|" + str(c.param)] = base
-        del w
     return out
 
 

@@ -382,3 +382,13 @@ def test_other_families_are_batching_invariant_for_every_estimator(arch, tok, te
         np.testing.assert_allclose(many.per_sequence["sum_a"], one.per_sequence["sum_a"], rtol=1e-5)
         assert np.isfinite(many.modules["nfn"]).all() and np.isfinite(many.parts["nfn"]).all()
         assert (many.modules["baseline_se"] > 0).all()
+
+
+def test_weight_hash_memo_sees_edits_through_data(llama):
+    from plop_core.baselines import weight_hash
+
+    w = llama.model.layers[0].mlp.up_proj.weight
+    h = weight_hash(w)
+    assert weight_hash(w) == h
+    w.data.mul_(1.5)  # does not bump w._version
+    assert weight_hash(w) != h

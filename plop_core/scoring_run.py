@@ -129,8 +129,8 @@ def print_cell(cell: ScoreCell, console=None) -> None:
     console.print(t)
     ts = cell.token_stats
     if ts:
-        console.print(f"tokens/sequence: mean {ts.get('mean', float('nan')):.1f}, max {ts.get('max')}, "
-                      f"truncated at max_length: {100 * ts.get('share_truncated', 0):.1f}%")
+        console.print(f"tokens/sequence: mean {ts['mean_tokens']:.1f}, p95 {ts['p95_tokens']}, max {ts['max_tokens']}; "
+                      f"{ts['n_truncated']} of {ts['n_texts']} truncated at max_length={ts['max_length']}")
     stab = cell.scores.stability(len(cell.placement.types)) if cell.placement.strategy == "plop" else None
     line = f"placement ({cell.placement.strategy}): {', '.join(cell.placement.types)} -> " \
            f"{len(cell.placement.target_modules)} modules"

@@ -4,6 +4,7 @@ finetunes every (arm, seed) at a matched budget on Ray, evaluates arms and the b
 from __future__ import annotations
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from flows.cell import benchmark_cell
@@ -54,8 +55,9 @@ def benchmark_sweep(config: dict) -> dict:
         model = {"spec": next(m.model_dump(mode="json") for m in cfg.models
                               if pipeline.artifacts.safe_label(m.label) == rec["model_name"]),
                  "identity_key": models[rec["model_name"]]["model_identity"]}
-        results.append(benchmark_cell(rec, task, model, cfg.model_dump(mode="json"), uri, exp_id,
-                                      run_ids[rec["cell_key"]], storage, ray_resources(cfg)))
+        cell_flow = benchmark_cell.with_options(task_runner=FlowRunContext.get().task_runner.duplicate())
+        results.append(cell_flow(rec, task, model, cfg.model_dump(mode="json"), uri, exp_id,
+                                 run_ids[rec["cell_key"]], storage, ray_resources(cfg)))
     man = manifest(cfg, outcomes, run_ids, uri, mlflow_parent_run_id=parent, flow_run_id=str(flow_run.id),
                    experiments=results)
     md = summary_markdown(cfg, outcomes, run_ids, uri) + "\n" + experiments_markdown(results)

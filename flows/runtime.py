@@ -94,7 +94,12 @@ def prefect_api():
         os.environ["PREFECT_API_URL"] = url
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url, "embedded"
+                try:
+                    yield url, "embedded"
+                finally:  # ship buffered logs before the server goes away
+                    from prefect.logging.handlers import APILogHandler
+
+                    APILogHandler.flush()
         finally:
             if old is None:
                 os.environ.pop("PREFECT_API_URL", None)

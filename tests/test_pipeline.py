@@ -36,13 +36,13 @@ def test_cell_key_changes_with_everything_that_determines_the_scores(tmp_path, m
         pipeline.scoring_cell_key(MODEL, SAMPLES["arithmetic"], _cfg(tmp_path, sampling={"max_length": 64})),
         pipeline.scoring_cell_key(MODEL, SAMPLES["arithmetic"], _cfg(tmp_path, selection={"k": 2})),
     }
+    # the results root and the sweep name do not change what is computed
+    assert pipeline.scoring_cell_key(MODEL, SAMPLES["arithmetic"], _cfg(tmp_path / "x", name="other")) == key
     monkeypatch.setenv("PLOP_CODE_VERSION", "v2")
     artifacts.code_version.cache_clear()
     others.add(pipeline.scoring_cell_key(MODEL, SAMPLES["arithmetic"], cfg))
     artifacts.code_version.cache_clear()
     assert key not in others and len(others) == 6
-    # the results root and the sweep name do not change what is computed
-    assert pipeline.scoring_cell_key(MODEL, SAMPLES["arithmetic"], _cfg(tmp_path / "x", name="other")) == key
 
 
 def test_plan_groups_cells_by_model_and_marks_done_by_record(tmp_path):

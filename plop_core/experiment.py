@@ -350,9 +350,10 @@ def run_experiment(model_spec, task, arms=None, seeds=None, finetune_cfg: Finetu
         from plop_core.plots import comparison_chart
 
         m = ev.metrics[0]
-        chart = runs.rename(columns={m: "value", f"{m}_low": "ci_low", f"{m}_high": "ci_high"})
-        files["chart"] = str(comparison_chart(chart[["arm", "seed", "value", "ci_low", "ci_high"]],
-                                              out / "comparison.png", title=f"{m}: arms at matched budget"))
+        chart = runs.rename(columns={m: "value", f"{m}_low": "ci_low", f"{m}_high": "ci_high"}).assign(metric=m)
+        files["chart"] = str(comparison_chart(chart[["arm", "seed", "metric", "value", "ci_low", "ci_high"]],
+                                              out / "comparison.png", metric=m,
+                                              title=f"{m}: arms at matched budget ({meta['task']}, {ft.method})"))
     except (ImportError, ValueError) as e:  # the picture is a convenience, the tables are the result
         files["chart_error"] = str(e)
     placements = {arm: pl.to_dict() for arm, _, pl, _ in plan}

@@ -26,8 +26,15 @@ import torch
 from tqdm.auto import tqdm
 
 from plop_core import modules as discovery_module
-from plop_core.baselines import ESTIMATORS, Baseline, BaselineCache, analytic_baseline, cache_key, model_identity, \
-    probe_baseline
+from plop_core.baselines import (
+    ESTIMATORS,
+    Baseline,
+    BaselineCache,
+    analytic_baseline,
+    cache_key,
+    model_identity,
+    probe_baseline,
+)
 from plop_core.nfn_hooks import SA, SB, SB2, SCNT, SR, HookCollector, Unit, module_of
 from plop_core.stats import bootstrap_types, selection_stability
 
@@ -93,7 +100,14 @@ def _resolve_candidates(model, candidates):
 
 
 def _refuse_heads(model, cands):
-    heads = {id(m) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    heads = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        try:
+            m = getattr(model, getter)()
+        except (AttributeError, NotImplementedError):
+            m = None
+        if m is not None:
+            heads.add(id(m))
     for c in cands:
         if id(module_of(model, c)[0]) in heads:
             raise ValueError(f"candidate {c.name} is an embedding or the output head; these are never scored "

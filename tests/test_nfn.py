@@ -320,7 +320,7 @@ def _direct_scores(model, tok, texts, cands):
     for mod_name, group in by_module.items():
         mod = model.get_submodule(mod_name)
         seen = []
-        h = mod.register_forward_pre_hook(lambda m, args: seen.append((args[0].double(), args[1])))
+        h = mod.register_forward_pre_hook(lambda m, args, seen=seen: seen.append((args[0].double(), args[1])))
         with torch.no_grad():
             for t in texts:
                 model(**tok([t], return_tensors="pt"))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from plop_core.config import EvalConfig, FinetuneConfig, LoraRecipe, SamplingConfig, ScorerConfig
-from plop_core.experiment import budget_ranks, format_summary, run_experiment, summarize
+from plop_core.experiment import budget_ranks, format_summary, run_arm, run_experiment, summarize
 
 ARMS = ["plop", "all"]  # explicit type lists are covered by the CLI test
 
@@ -126,3 +126,21 @@ def test_compare_cli_prints_the_table(llama_dir, tmp_path, capsys):
     assert rc == 0
     assert "nll (lower is better" in out and "q,v" in out and "base" in out and "n/a" in out
     assert (tmp_path / "summary.parquet").is_file() and (tmp_path / "runs" / "q_v_seed0" / "adapter").is_dir()
+
+
+def test_run_arm_grpo_is_json_in_json_out(llama, llama_dir, tmp_path):
+    from plop_core.data import get_task
+    from plop_core.modules import discover_candidates
+    from plop_core.placement import placement_from_types
+
+    spec = get_task("arithmetic")
+    pl = placement_from_types(discover_candidates(llama), "o,down").to_dict()
+    ft = FinetuneConfig(method="grpo", max_steps=1, batch_size=4, num_generations=4, max_completion_length=6,
+                        lora=LoraRecipe(r=2)).model_dump(mode="json")
+    ev = EvalConfig(metrics=["exact_match"], n_samples=2, max_new_tokens=4).model_dump(mode="json")
+    rec = run_arm(str(llama_dir), "arithmetic", pl, 2, 0, ft, ev, spec.load("train")[:4], spec.load("eval")[:2],
+                  str(tmp_path), arm="o+down")
+    assert json.loads(json.dumps(rec)) == rec
+    assert rec["types"] == "o,down" and rec["rank"] == 2 and rec["steps"] == 1
+    assert rec["mean_reward"] is not None and rec["exact_match_n"] == 2
+    assert (tmp_path / "o_down_seed0" / "run.json").is_file()

@@ -59,7 +59,10 @@ class Scores:
     type_resamples: np.ndarray  # (n_bootstrap, n_types), columns in the order of types["type"]
 
     def stability(self, k: int = 3, strategy: str = "plop") -> float:
-        """Share of bootstrap resamples (over sequences) whose k-set equals the full-sample k-set."""
+        """Share of bootstrap resamples (over sequences) whose k-set equals the full-sample k-set;
+        NaN when scored with n_bootstrap=0 (no resamples kept)."""
+        if len(self.type_resamples) == 0:
+            return float("nan")
         return selection_stability(self.type_resamples, self.types["nfn"].to_numpy(), k, strategy)
 
 

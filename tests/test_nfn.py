@@ -392,3 +392,9 @@ def test_weight_hash_memo_sees_edits_through_data(llama):
     assert weight_hash(w) == h
     w.data.mul_(1.5)  # does not bump w._version
     assert weight_hash(w) != h
+
+
+def test_no_bootstrap_gives_nan_interval_and_stability(llama, tok, texts):
+    s = score_nfn(llama, tok, texts, n_bootstrap=0, progress=False)
+    assert s.types["nfn_ci_low"].isna().all() and np.isnan(s.stability(3))
+    assert np.isfinite(s.types["nfn"]).all()

@@ -210,7 +210,18 @@ def _tables(units, stats, base, estimator, expert_pairs):
 def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="probe", seed=0, n_probe=512,
               n_bootstrap=1000, ci_level=0.95, include_padding=False, candidates=None, baseline_cache=None,
               progress=True) -> Scores:
-    """Score every placement candidate of `model` by NFN on `texts`; see the module docstring."""
+    """Score every placement candidate of `model` by NFN on `texts`; see the module docstring.
+
+    texts: task samples (>= 64 recommended); each is truncated to `max_length` tokens (share in meta).
+    estimator: "probe" (default; rho from `n_probe` seeded unit vectors per weight, cached in
+      `baseline_cache`, a dict-like or a directory path), "reference" (the authors' per-token random
+      vector; its draws follow the batch order, so it is reproducible for the same call, not across
+      batch sizes or devices), "analytic" (||W||_F / sqrt(d_in), an upper bound on rho).
+    include_padding: also average over pad positions (the authors' code did); off by default.
+    candidates: a Discovery or a list of Candidate; default `discover_candidates(model)`.
+    n_bootstrap / ci_level / seed: bootstrap over sequences for the type intervals and `stability`.
+    The model is put in eval mode and restored; hooks are removed whatever happens.
+    """
     texts = _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap, ci_level)
     discovery = _resolve_candidates(model, candidates)
     cands = list(discovery.candidates)

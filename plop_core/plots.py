@@ -78,7 +78,7 @@ def nfn_heatmap(modules, path: str | Path, title: str = "NFN per layer and modul
     ax.set_yticks(range(0, len(layers), step), [str(x) for x in layers[::step]])
     ax.set_xlabel("module type (LoRA goes to the lowest NFN)")
     ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, pad=16)  # room for the per-type means printed above the columns
     means = np.nanmean(mat, axis=0)
     for j, m in enumerate(means):
         ax.text(j, -0.75, f"{m:.2f}", ha="center", va="bottom", fontsize=7)

@@ -19,10 +19,10 @@ The schema is documented in docs/pipeline.md; bump `SCHEMA_VERSION` on any incom
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -111,9 +111,12 @@ def safe_label(text: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """plop's version plus the git commit of the checkout when there is one: `0.1.0+g1a2b3c4`.
+    """plop's version plus a content hash of the library's source: `0.1.0+src1a2b3c4d5e`.
 
-    $PLOP_CODE_VERSION overrides it (e.g. to keep caches across commits that do not touch scoring).
+    A hash of `plop_core/**/*.py` (not the git commit) so that a cache survives commits that only touch
+    docs, tests or deployment files, yet is invalidated by any change to the code that computes results,
+    committed or not, and works the same for an installed wheel with no git checkout.
+    $PLOP_CODE_VERSION overrides it (e.g. to keep caches across a refactor you know changes no number).
     """
     env = os.environ.get("PLOP_CODE_VERSION")
     if env:
@@ -124,14 +127,11 @@ def code_version() -> str:
         __version__ = version("plop")
     except PackageNotFoundError:
         __version__ = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+g{sha}" if sha else __version__
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(pkg.rglob("*.py")):
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{__version__}+src{h.hexdigest()[:10]}"
 
 
 def cell_path(root: str | Path, table: str, model: str, task: str, cell_key: str) -> Path:

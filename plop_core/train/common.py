@@ -263,3 +263,38 @@ class Stopwatch:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+def run_trainer(trainer, method: str, progress: bool, out_dir: Path, seed: int, trainable: int, total: int,
+                keep_model: bool, **extra) -> TrainResult:
+    """Train, save the adapter atomically and collect the run's record (shared by SFT and GRPO).
+
+    Must be called inside the trainer's temporary work dir; `extra` adds method-specific fields
+    (GRPO's reward curves) computed from `trainer.state.log_history` by the caller's `extra_fn`.
+    """
+    quiet_trainer(trainer, progress)
+    with Stopwatch() as sw:
+        out = trainer.train()
+    history = list(trainer.state.log_history)
+    adapter_dir = save_adapter_atomic(trainer.model, out_dir / "adapter")
+    runtime = out.metrics.get("train_runtime", sw.seconds) or sw.seconds
+    n_tokens = max(curves(history, "num_tokens") or [0.0])
+    fields_from_history = extra.pop("from_history", None)
+    return TrainResult(
+        method=method,
+        trainable_params=trainable,
+        total_params=total,
+        steps=int(trainer.state.global_step),
+        losses=curves(history, "loss"),
+        tokens_per_s=(n_tokens / runtime) if n_tokens and runtime else None,
+        peak_mem_mb=peak_memory_mb(),
+        wall_s=sw.seconds,
+        adapter_dir=str(adapter_dir),
+        target_modules=lora_module_names(trainer.model),
+        device=device_kind(),
+        seed=seed,
+        log_history=history,
+        model=trainer.model.eval() if keep_model else None,
+        **(fields_from_history(history) if fields_from_history else {}),
+        **extra,
+    )

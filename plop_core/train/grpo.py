@@ -19,19 +19,14 @@ from pathlib import Path
 from plop_core.config import FinetuneConfig
 from plop_core.train.common import (
     ModelSource,
-    Stopwatch,
     TrainResult,
     as_chat_prompt,
     attach_lora,
     build_lora_config,
     curves,
-    device_kind,
     has_chat_template,
     load_fresh_model,
-    lora_module_names,
-    peak_memory_mb,
-    quiet_trainer,
-    save_adapter_atomic,
+    run_trainer,
     trainer_device_args,
 )
 from plop_core.train.rewards import correctness_reward, format_reward
@@ -139,32 +134,12 @@ def train_grpo(
             train_dataset=Dataset.from_list(grpo_dataset_rows(tokenizer, train_rows)),
             processing_class=tokenizer,
         )
-        quiet_trainer(trainer, progress)
-        with Stopwatch() as sw:
-            out = trainer.train()
-        history = list(trainer.state.log_history)
-    adapter_dir = save_adapter_atomic(trainer.model, out_dir / "adapter")
-    runtime = out.metrics.get("train_runtime", sw.seconds) or sw.seconds
-    n_tokens = max(curves(history, "num_tokens") or [0.0])
-    components = {}
-    for f in funcs:
-        key = f"rewards/{getattr(f, '__name__', type(f).__name__)}/mean"
-        components[key.split("/")[1]] = curves(history, key)
-    return TrainResult(
-        method="grpo",
-        trainable_params=trainable,
-        total_params=total,
-        steps=int(trainer.state.global_step),
-        losses=curves(history, "loss"),
-        tokens_per_s=(n_tokens / runtime) if n_tokens and runtime else None,
-        peak_mem_mb=peak_memory_mb(),
-        wall_s=sw.seconds,
-        adapter_dir=str(adapter_dir),
-        target_modules=lora_module_names(trainer.model),
-        rewards=curves(history, "reward"),
-        reward_components=components,
-        device=device_kind(),
-        seed=seed,
-        log_history=history,
-        model=trainer.model.eval() if keep_model else None,
-    )
+        def reward_curves(history):
+            comps = {}
+            for f in funcs:
+                key = f"rewards/{getattr(f, '__name__', type(f).__name__)}/mean"
+                comps[key.split("/")[1]] = curves(history, key)
+            return {"rewards": curves(history, "reward"), "reward_components": comps}
+
+        return run_trainer(trainer, "grpo", progress, out_dir, seed, trainable, total, keep_model,
+                           from_history=reward_curves)

@@ -18,17 +18,11 @@ from pathlib import Path
 from plop_core.config import FinetuneConfig
 from plop_core.train.common import (
     ModelSource,
-    Stopwatch,
     TrainResult,
     attach_lora,
     build_lora_config,
-    curves,
-    device_kind,
     load_fresh_model,
-    lora_module_names,
-    peak_memory_mb,
-    quiet_trainer,
-    save_adapter_atomic,
+    run_trainer,
     sft_dataset_rows,
     trainer_device_args,
 )
@@ -99,26 +93,4 @@ def train_sft(
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
         )
-        quiet_trainer(trainer, progress)
-        with Stopwatch() as sw:
-            out = trainer.train()
-        history = list(trainer.state.log_history)
-    n_tokens = max(curves(history, "num_tokens") or [0.0])
-    adapter_dir = save_adapter_atomic(trainer.model, out_dir / "adapter")
-    runtime = out.metrics.get("train_runtime", sw.seconds) or sw.seconds
-    return TrainResult(
-        method="sft",
-        trainable_params=trainable,
-        total_params=total,
-        steps=int(trainer.state.global_step),
-        losses=curves(history, "loss"),
-        tokens_per_s=(n_tokens / runtime) if n_tokens and runtime else None,
-        peak_mem_mb=peak_memory_mb(),
-        wall_s=sw.seconds,
-        adapter_dir=str(adapter_dir),
-        target_modules=lora_module_names(trainer.model),
-        device=device_kind(),
-        seed=seed,
-        log_history=history,
-        model=trainer.model.eval() if keep_model else None,
-    )
+        return run_trainer(trainer, "sft", progress, out_dir, seed, trainable, total, keep_model)

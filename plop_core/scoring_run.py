@@ -79,12 +79,15 @@ def score_loaded(lm, data: str, sampling: SamplingConfig, scorer: ScorerConfig, 
 
 
 def score_cell(model: ModelSpec, data: str, sampling: SamplingConfig, scorer: ScorerConfig,
-               selection: SelectionConfig, out_dir: Path | None = None, **kw) -> ScoreCell:
+               selection: SelectionConfig, out_dir: Path | None = None, *, text_column: str | None = None,
+               **kw) -> ScoreCell:
     """Load `model` (asset, path or hub id) and score it on `data`; see `score_loaded`."""
+    from plop_core.data import resolve_task
     from plop_core.models import load_model
 
+    resolve_task(data, text_column=text_column) if text_column else resolve_task(data)  # fail before loading
     lm = load_model(model)
-    return score_loaded(lm, data, sampling, scorer, selection, out_dir, **kw)
+    return score_loaded(lm, data, sampling, scorer, selection, out_dir, text_column=text_column, **kw)
 
 
 def write_cell(cell: ScoreCell, out_dir: Path, sample=None) -> dict[str, str]:

@@ -47,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from pydantic import ValidationError
+
     try:
         return int(args.func(args) or 0)
+    except ValidationError as e:  # a flag that the shared config schema rejects
+        for err in e.errors():
+            flag = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
+            print(f"plop {args.command}: error: {flag} {err.get('input')!r}: {err['msg']}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"plop {args.command}: error: {msg}", file=sys.stderr)

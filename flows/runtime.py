@@ -97,9 +97,9 @@ def prefect_api():
                 try:
                     yield url, "embedded"
                 finally:  # ship buffered logs before the server goes away
-                    from prefect.logging.handlers import APILogHandler
+                    from prefect.logging.handlers import APILogWorker
 
-                    APILogHandler.flush()
+                    APILogWorker.drain_all(timeout=10)
         finally:
             if old is None:
                 os.environ.pop("PREFECT_API_URL", None)

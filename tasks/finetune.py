@@ -21,12 +21,13 @@ def base_cache_key(context, parameters) -> str:
 
 
 @task(name="finetune-arm", task_run_name="finetune {run[model_name]}/{run[task_name]} {run[arm]} seed {run[seed]}",
-      cache_key_fn=run_cache_key, persist_result=True, retries=1, retry_delay_seconds=5)
+      cache_key_fn=run_cache_key, persist_result=True, retries=1, retry_delay_seconds=5,
+      log_prints=False)  # datasets' fingerprinting prints bytecode through a swapped stdout: keep it out of logs
 def finetune_arm(run: dict) -> dict:
     return pipeline.finetune_run(run)
 
 
 @task(name="evaluate-base", task_run_name="evaluate base {model_name} on {plan[task]}",
-      cache_key_fn=base_cache_key, persist_result=True, retries=1, retry_delay_seconds=5)
+      cache_key_fn=base_cache_key, persist_result=True, retries=1, retry_delay_seconds=5, log_prints=False)
 def evaluate_base(plan: dict, model_name: str, model_spec: dict, model_key: str) -> dict:
     return pipeline.evaluate_base_model(plan, model_spec, model_key)

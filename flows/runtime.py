@@ -110,6 +110,8 @@ def prefect_api():
 def worker_env(api_url: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in WORKER_ENV_KEYS if os.environ.get(k)}
     env["PREFECT_API_URL"] = api_url
+    # per-step dataset-preparation bars from many workers interleave into noise; Prefect shows progress per task
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", os.environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"))
     from plop_core.artifacts import code_version
 
     env["PLOP_CODE_VERSION"] = code_version()  # workers key caches exactly like the driver

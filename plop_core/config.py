@@ -102,6 +102,15 @@ class FinetuneConfig(_Strict):
     rewards: list[str] = Field(
         default_factory=lambda: ["format", "correctness"], description="GRPO rewards (plop_core.train.rewards)"
     )
+    grpo_system_prompt: str | None = Field(
+        "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+        "The Assistant first thinks about the reasoning process and then gives the final answer. The reasoning "
+        "process and the answer are enclosed within <think> </think> and <answer> </answer> tags, respectively, "
+        "i.e., <think> reasoning process here </think><answer> final answer here </answer>. "
+        "The final answer is a single number.",
+        description="instruction asking for the <think>/<answer> format the GRPO rewards check: a system message "
+        "with a chat template, else prefixed to the prompt; also used for exact_match of GRPO runs; None: off",
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra TRL config keys passed through")
 
 

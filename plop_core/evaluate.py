@@ -3,8 +3,9 @@
 Why: a placement is only "better" if the difference exceeds the noise, so each metric comes with an
 interval and per-row values (for paired comparisons):
 - `exact_match`: batched greedy generation (left padding), final number extracted with the same
-  parser as the GRPO reward (`plop_core.train.rewards.extract_final_number`), compared with a relative
-  tolerance; Wilson interval.
+  parser as the GRPO reward (`plop_core.train.rewards.extract_final_number`, the `<answer>` tag first),
+  compared with a relative tolerance; Wilson interval. `instruction=` adds GRPO's answer-format
+  instruction to these prompts so GRPO arms are evaluated as they were trained.
 - `multiple_choice`: the choice with the highest summed log-likelihood as the answer's continuation;
   Wilson interval.
 - `nll`: negative log-likelihood per reference token of the reference answer given the prompt, exactly
@@ -228,7 +229,12 @@ def _binomial(name: str, hits: list[float], level: float) -> MetricResult:
 
 
 def _exact_match(model, tokenizer, task, rows, cfg, samples: list) -> MetricResult:
-    prompts = [render_prompt(tokenizer, _row_example(task, tokenizer, r)[0]) for r in rows]
+    prompts = [_row_example(task, tokenizer, r)[0] for r in rows]
+    if cfg.get("instruction"):  # GRPO-trained arms answer the prompts they were trained on
+        from plop_core.train.grpo import with_instruction
+
+        prompts = [with_instruction(tokenizer, p, cfg["instruction"]) for p in prompts]
+    prompts = [render_prompt(tokenizer, p) for p in prompts]
     gens = generate_greedy(model, tokenizer, prompts, cfg["max_new_tokens"], cfg["batch_size"])
     refs = [_row_reference(task, row) for row in rows]
     hits = score_exact_match(gens, refs, cfg["rel_tol"])
@@ -276,12 +282,16 @@ def _multiple_choice(model, tokenizer, task, rows, cfg) -> MetricResult:
 def evaluate_model(model, tokenizer, task=None, rows: list[dict] | None = None, metrics=("nll",),
                    batch_size: int = 8, max_new_tokens: int = 256, ci_level: float = 0.95,
                    n_bootstrap: int = 1000, rel_tol: float = 1e-4, max_length: int = 1024,
-                   seed: int = 0) -> EvalResult:
+                   seed: int = 0, instruction: str | None = None) -> EvalResult:
     """Evaluate `model` on `rows` with each metric; returns values, intervals, n and per-row values.
 
     task: a TaskSpec (sft_example/reference/choices per row) or None, then rows carry `prompt`,
         `completion` (for nll), `reference` or `answer` (for exact_match; else the completion) and for
         multiple choice `choices` (reference = index or choice text).
+    instruction: an instruction added to the exact_match prompts (system message with a chat template,
+        else prefixed text; `plop_core.train.grpo.with_instruction`): GRPO-trained models are evaluated on
+        the prompts they were trained on (`FinetuneConfig.grpo_system_prompt`). Default None: the prompts
+        as SFT renders them. nll and multiple_choice never use it (they score the task's reference text).
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -289,7 +299,7 @@ def evaluate_model(model, tokenizer, task=None, rows: list[dict] | None = None, 
     if not rows:
         raise ValueError("evaluate_model got no rows; pass held-out rows (EvalConfig.n_samples >= 1)")
     cfg = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, ci_level=ci_level,
-               n_bootstrap=n_bootstrap, rel_tol=rel_tol, max_length=max_length, seed=seed)
+               n_bootstrap=n_bootstrap, rel_tol=rel_tol, max_length=max_length, seed=seed, instruction=instruction)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     was_training = model.training

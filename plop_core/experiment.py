@@ -139,7 +139,7 @@ def run_arm(model: str, task: str, placement: dict, rank: int, seed: int, finetu
     del base
     er = evaluate_model(res.model, tok, spec, _rows(eval_rows), ev.metrics, batch_size=ev.batch_size,
                         max_new_tokens=ev.max_new_tokens, ci_level=ev.ci_level, n_bootstrap=ev.n_bootstrap,
-                        rel_tol=ev.rel_tol, max_length=ft.max_length, seed=0)
+                        rel_tol=ev.rel_tol, max_length=ft.max_length, seed=0, instruction=eval_instruction(ft))
     out = {"arm": arm, "seed": int(seed), "types": ",".join(pl.types), "rank": int(rank),
            "n_modules": len(pl.target_modules), **_train_record(res), **er.flat(), "eval_s": er.wall_s,
            "per_row": {m: r.per_row for m, r in er.metrics.items()}}
@@ -161,12 +161,18 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
 
 
-def evaluate_base(lm, spec, eval_rows, ev: EvalConfig, max_length: int) -> dict:
+def eval_instruction(ft: FinetuneConfig) -> str | None:
+    """The instruction exact_match prompts carry: GRPO's answer-format instruction for GRPO runs, else None."""
+    return ft.grpo_system_prompt if ft.method == "grpo" else None
+
+
+def evaluate_base(lm, spec, eval_rows, ev: EvalConfig, max_length: int, instruction: str | None = None) -> dict:
+    """The base model on the held-out rows; `instruction` as the arms get it (`eval_instruction(ft)`)."""
     from plop_core.evaluate import evaluate_model
 
     er = evaluate_model(lm.model, lm.tokenizer, spec, eval_rows, ev.metrics, batch_size=ev.batch_size,
                         max_new_tokens=ev.max_new_tokens, ci_level=ev.ci_level, n_bootstrap=ev.n_bootstrap,
-                        rel_tol=ev.rel_tol, max_length=max_length, seed=0)
+                        rel_tol=ev.rel_tol, max_length=max_length, seed=0, instruction=instruction)
     return {"arm": "base", "seed": -1, "types": "", "rank": 0, "n_modules": 0, "trainable_params": 0,
             **er.flat(), "eval_s": er.wall_s, "per_row": {m: r.per_row for m, r in er.metrics.items()}}
 
@@ -322,7 +328,7 @@ def run_experiment(model_spec, task, arms=None, seeds=None, finetune_cfg: Finetu
             pls = {arm: pl} if ref_pl is None else {REFERENCE_ARM: ref_pl, arm: pl}
             b = budget_ranks(pls, ft.lora.r, ft.budget_match, REFERENCE_ARM)[arm]
             plan.append((arm, seed, pl, b))
-    base = evaluate_base(lm, spec, eval_rows, ev, ft.max_length)
+    base = evaluate_base(lm, spec, eval_rows, ev, ft.max_length, instruction=eval_instruction(ft))
     del lm
     train_path = atomic_write_text(out / "train_rows.json", json.dumps(train_rows, default=str))
     eval_path = atomic_write_text(out / "eval_rows.json", json.dumps(eval_rows, default=str))

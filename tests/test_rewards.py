@@ -29,6 +29,11 @@ from plop_core.train.rewards import (
         ("He walked 3 miles, then 4 more. The final answer: 7 miles. Later 100 steps.", 7.0),
         ("<think>2 + 2 is 4, plus 1</think><answer>5</answer>", 5.0),
         ("<answer> 42 </answer> and then noise 99", 42.0),
+        ("<think>#### 10, so \\boxed{9}; the answer is 8</think><answer>12</answer> 99", 12.0),
+        ("<answer>\\boxed{3}</answer>", 3.0),
+        ("<answer>The answer is 5 apples, 3 left</answer>", 5.0),
+        ("<think>it is 7</think><answer>I am not sure</answer>", None),
+        ("<think>3 + 4 = 7</think><answer>7", 7.0),
         ("It costs 5 dollars.", 5.0),
         ("There are 3 apples and 12 oranges", 12.0),
         ("No number here at all.", None),
@@ -61,6 +66,28 @@ def test_format_reward_strict_pattern():
     ]
     # chat-format completions (list of messages) are read from their last message
     assert format_reward([[{"role": "assistant", "content": good}]]) == [1.0]
+
+
+def test_format_reward_one_for_well_formed_zero_otherwise():
+    good = ["<think>3 + 4 = 7</think><answer>7</answer>", "  <think>\nmulti\nline\n</think>\n\n<answer> 7 </answer>\n"]
+    bad = [
+        "<think>3 + 4 = 7</think>",  # no answer
+        "<answer>7</answer><think>late</think>",  # wrong order
+        "<think>3 + 4 = 7<answer>7</answer>",  # think never closed
+        "<think>x</think><answer>7",  # answer never closed (truncated)
+        "Sure! <think>x</think><answer>7</answer>",  # text before the think block
+        "The answer is 7.",
+    ]
+    assert format_reward(good + bad) == [1.0] * len(good) + [0.0] * len(bad)
+
+
+def test_correctness_prefers_the_answer_tag_over_other_numbers():
+    completions = [
+        "<think>#### 7 and \\boxed{7}; the answer is 7</think><answer>12</answer> 7",
+        "<think>maybe 12</think><answer>7</answer> then 12",
+        "<think>it is 12</think><answer>no idea</answer>",  # a tag without a number scores 0, not the 12
+    ]
+    assert correctness_reward(completions, answer=["#### 12"] * 3) == [1.0, 0.0, 0.0]
 
 
 def test_custom_format_reward():

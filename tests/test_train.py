@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from plop_core.config import FinetuneConfig, LoraRecipe
 from plop_core.train.common import build_lora_config, render_completion, render_prompt, sft_dataset_rows
-from plop_core.train.grpo import grpo_batch_size, train_grpo
+from plop_core.train.grpo import grpo_batch_size, grpo_dataset_rows, train_grpo, with_instruction
 from plop_core.train.sft import train_sft
 
 ROWS = [{"prompt": f"What is {a} + {b}?", "completion": f"The answer is {a + b}."} for a in range(4) for b in range(4)]
@@ -130,6 +130,66 @@ def test_grpo_two_steps_logs_rewards(llama_dir, tmp_path):
     for i in range(2):
         assert res.rewards[i] == pytest.approx(sum(v[i] for v in res.reward_components.values()), abs=1e-6)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+INSTRUCTION = FinetuneConfig().grpo_system_prompt
+
+
+def test_default_grpo_instruction_asks_for_the_rewarded_format():
+    assert "<think>" in INSTRUCTION and "</think>" in INSTRUCTION
+    assert "<answer>" in INSTRUCTION and "</answer>" in INSTRUCTION
+
+
+def test_rendered_grpo_prompt_carries_the_instruction_chat_and_plain(tok):
+    import copy
+
+    rows = [{"prompt": "What is 2 + 3?", "answer": "5", "id": "r0"}]
+    # chat template: a system message before the user turn, rendered by the template
+    chat = grpo_dataset_rows(tok, rows, INSTRUCTION)[0]
+    assert chat["prompt"] == [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "What is 2 + 3?"}]
+    assert chat["answer"] == "5" and chat["id"] == "r0"
+    assert render_prompt(tok, chat["prompt"]) == (f"<s>system\n{INSTRUCTION}</s>\n<s>user\nWhat is 2 + 3?</s>\n"
+                                                  "<s>assistant\n")
+    # no chat template: the instruction is prefixed to the plain prompt
+    plain_tok = copy.deepcopy(tok)
+    plain_tok.chat_template = None
+    plain = grpo_dataset_rows(plain_tok, [{"prompt": "What is 2 + 3?\nAnswer:", "answer": "5"}], INSTRUCTION)[0]
+    assert render_prompt(plain_tok, plain["prompt"]) == f"{INSTRUCTION}\n\nWhat is 2 + 3?\nAnswer:"
+    # idempotent, and None switches it off (the prompt as the task renders it)
+    assert with_instruction(tok, chat["prompt"], INSTRUCTION) == chat["prompt"]
+    assert with_instruction(plain_tok, plain["prompt"], INSTRUCTION) == plain["prompt"]
+    assert grpo_dataset_rows(tok, rows, None)[0]["prompt"] == [{"role": "user", "content": "What is 2 + 3?"}]
+
+
+def test_instruction_without_system_role_or_with_own_system_message(tok):
+    import copy
+
+    no_system = copy.deepcopy(tok)
+    no_system.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+    )
+    msgs = with_instruction(no_system, "What is 2 + 3?", "THINK THEN ANSWER")
+    assert msgs == [{"role": "user", "content": "THINK THEN ANSWER\n\nWhat is 2 + 3?"}]
+    assert "THINK THEN ANSWER" in render_prompt(no_system, msgs)
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert with_instruction(tok, own, "THINK")[0] == {"role": "system", "content": "THINK\n\nBe brief."}
+    assert own[0]["content"] == "Be brief."  # the caller's messages are not modified
+
+
+def test_exact_match_with_instruction_generates_from_the_instructed_prompt(llama, tok):
+    from plop_core.evaluate import evaluate_model, generate_greedy, score_exact_match
+
+    rows = [{"prompt": "What is 2 + 3?", "answer": "5"}, {"prompt": "What is 1 + 1?", "answer": "2"}]
+    res = evaluate_model(llama, tok, rows=rows, metrics=["exact_match"], max_new_tokens=4, instruction=INSTRUCTION)
+    prompts = [render_prompt(tok, with_instruction(tok, r["prompt"], INSTRUCTION)) for r in rows]
+    gens = generate_greedy(llama, tok, prompts, max_new_tokens=4)
+    assert [s["generation"] for s in res.samples] == gens
+    assert res["exact_match"].per_row == score_exact_match(gens, ["5", "2"])
+    plain = evaluate_model(llama, tok, rows=rows, metrics=["exact_match"], max_new_tokens=4)
+    assert [s["generation"] for s in plain.samples] == generate_greedy(
+        llama, tok, [render_prompt(tok, r["prompt"]) for r in rows], max_new_tokens=4)
 
 
 def test_grpo_unknown_reward_names_the_choices(llama_dir, tmp_path):

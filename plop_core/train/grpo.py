@@ -2,9 +2,12 @@
 
 Why: the paper's second comparison trains with GRPO (r=16, alpha=32, dropout 0.05, lr 5e-6, 8
 generations, 512-token completions) rewarded for the `<think>/<answer>` format and a numerically
-correct answer. This runner writes against the installed TRL (1.16): the generation batch
-(`per_device_train_batch_size x steps_per_generation`) must be divisible by `num_generations`, so the
-per-device batch is rounded up to a multiple of it; `max_prompt_length` no longer exists (prompts are
+correct answer. Prompts carry the paper-style instruction to reason inside `<think></think>` and
+answer inside `<answer></answer>` (`FinetuneConfig.grpo_system_prompt`, `with_instruction`: a system
+message with a chat template, else prefixed text); without it an untrained model almost never earns the
+format reward and correctness must parse free text. This runner writes against the installed TRL
+(1.16): the generation batch (`per_device_train_batch_size x steps_per_generation`) must be divisible by
+`num_generations`, so the per-device batch is rounded up to a multiple of it; `max_prompt_length` no longer exists (prompts are
 not truncated, keep them short). On CPU it uses small completion budgets (`max_completion_length`);
 on a GPU the same code scales with the recipe.
 """
@@ -76,9 +79,52 @@ def grpo_args(recipe: FinetuneConfig, output_dir: str, seed: int, progress: bool
     return GRPOConfig(**kwargs)
 
 
-def grpo_dataset_rows(tokenizer, rows: list[dict]) -> list[dict]:
-    """Rows with `prompt` (chat messages when the tokenizer has a template) and the other columns kept."""
+def supports_system_role(tokenizer) -> bool:
+    """True when the tokenizer's chat template renders a system message (some templates raise on one)."""
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": "plop-system-probe"}, {"role": "user", "content": "u"}], tokenize=False)
+    except Exception:  # jinja TemplateError ("System role not supported") and friends
+        return False
+    return "plop-system-probe" in text
+
+
+def with_instruction(tokenizer, prompt: str | list, instruction: str | None, system_ok: bool | None = None):
+    """`prompt` carrying the answer-format instruction, as GRPO trains and exact_match evaluates on it.
+
+    With a chat template: a system message (prepended to an existing system message's text; folded into
+    the first user message when the template has no system role). Without one: the text
+    `instruction + "\\n\\n" + prompt`. Idempotent; `instruction` None or empty returns `prompt` unchanged.
+    """
+    if not instruction:
+        return prompt
+    if not has_chat_template(tokenizer):
+        if isinstance(prompt, list):
+            raise ValueError("chat-format prompt given but the tokenizer has no chat_template; pass plain text "
+                             "prompts (TaskSpec.grpo_example(row, tokenizer) renders them)")
+        return prompt if str(prompt).startswith(instruction) else f"{instruction}\n\n{prompt}"
+    msgs = [dict(m) for m in as_chat_prompt(prompt)]
+    if any(instruction in str(m.get("content", "")) for m in msgs):
+        return msgs
+    if system_ok is None:
+        system_ok = supports_system_role(tokenizer)
+    if msgs and msgs[0].get("role") == "system":
+        msgs[0]["content"] = f"{instruction}\n\n{msgs[0]['content']}"
+    elif system_ok:
+        msgs.insert(0, {"role": "system", "content": instruction})
+    else:
+        first_user = next((m for m in msgs if m.get("role") == "user"), None)
+        if first_user is None:
+            raise ValueError("GRPO chat prompt has no user message to carry the instruction; give a user turn")
+        first_user["content"] = f"{instruction}\n\n{first_user['content']}"
+    return msgs
+
+
+def grpo_dataset_rows(tokenizer, rows: list[dict], instruction: str | None = None) -> list[dict]:
+    """Rows with `prompt` (chat messages when the tokenizer has a template) carrying `instruction` (the
+    answer-format instruction, `FinetuneConfig.grpo_system_prompt`), the other columns kept."""
     chat = has_chat_template(tokenizer)
+    system_ok = supports_system_role(tokenizer) if chat and instruction else None
     out = []
     for i, row in enumerate(rows):
         if "prompt" not in row:
@@ -86,8 +132,8 @@ def grpo_dataset_rows(tokenizer, rows: list[dict]) -> list[dict]:
                              "correctness reward)")
         new = dict(row)
         new.pop("completion", None)
-        if chat:
-            new["prompt"] = as_chat_prompt(row["prompt"])
+        prompt = as_chat_prompt(row["prompt"]) if chat else row["prompt"]
+        new["prompt"] = with_instruction(tokenizer, prompt, instruction, system_ok)
         out.append(new)
     return out
 
@@ -110,6 +156,7 @@ def train_grpo(
     train_rows: dicts with `prompt` (text or messages) and `answer` (reference read by the correctness
         reward; every other column is passed to rewards as a keyword list too).
     rewards: names from `REWARDS` or TRL-signature callables; default `recipe.rewards`.
+    Every prompt carries `recipe.grpo_system_prompt` (the `<think>/<answer>` instruction; None: off).
     The returned `TrainResult.rewards` is the mean total reward per step and `reward_components` the
     mean of each reward function per step (from `trainer.state.log_history`).
     """
@@ -131,7 +178,7 @@ def train_grpo(
             model=peft_model,
             reward_funcs=funcs,
             args=grpo_args(recipe, work, seed, progress),
-            train_dataset=Dataset.from_list(grpo_dataset_rows(tokenizer, train_rows)),
+            train_dataset=Dataset.from_list(grpo_dataset_rows(tokenizer, train_rows, recipe.grpo_system_prompt)),
             processing_class=tokenizer,
         )
         def reward_curves(history):

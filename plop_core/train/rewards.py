@@ -2,8 +2,10 @@
 
 Why here: the paper's GRPO recipe rewards (1) the `<think>...</think><answer>...</answer>` format and
 (2) a numerically correct final answer, and its evaluation is GSM8K pass@1 with the final number
-extracted from the generation. Both sides must parse numbers the same way, so `extract_final_number`
-lives here and `plop_core.evaluate` imports it.
+extracted from the answer. Both sides must parse numbers the same way, so `extract_final_number`
+lives here and `plop_core.evaluate` imports it; it reads the `<answer>` tag first when there is one.
+The prompts ask for that format (`FinetuneConfig.grpo_system_prompt`, applied by
+`plop_core.train.grpo.with_instruction`), so an untrained model can earn the format reward at all.
 
 Reward functions follow TRL's signature `f(completions, **kwargs) -> list[float]`: `completions` is a
 list of strings (or of message lists for chat prompts) and every dataset column arrives as a keyword
@@ -94,10 +96,13 @@ def _first_number(text: str) -> float | None:
 def extract_final_number(text: object) -> float | None:
     """The final numeric answer in a generation or reference, or None when there is no number.
 
-    Order of precedence: the text after the last `####` (GSM8K references), the last `\\boxed{...}`,
-    the last `<answer>...</answer>`, the number after the last "answer is" / "answer:", then the last
-    number anywhere. Handles thousands separators (`1,234.5`), currency and units (`$12`, `5 dollars`),
-    negatives (`-3`, unicode minus), decimals, `a/b` and `\\frac{a}{b}` fractions.
+    Order of precedence: the content of the last `<answer>...</answer>` (an unclosed trailing `<answer>`
+    counts; once a tag is there its content decides, other numbers in the text are ignored, and no number
+    in it gives None), then the text after the last `####` (GSM8K references), the last `\\boxed{...}`,
+    the number after the last "answer is" / "answer:", then the last number anywhere. The same order
+    applies inside the tag (`<answer>\\boxed{3}</answer>`, `<answer>The answer is 5 apples</answer>`).
+    Handles thousands separators (`1,234.5`), currency and units (`$12`, `5 dollars`), negatives (`-3`,
+    unicode minus), decimals, `a/b` and `\\frac{a}{b}` fractions.
     """
     if text is None:
         return None
@@ -106,6 +111,13 @@ def extract_final_number(text: object) -> float | None:
     if isinstance(text, (int, float)):
         return float(text) if math.isfinite(float(text)) else None
     text = str(text)
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags:
+        return _untagged_final_number(tags[-1])
+    return _untagged_final_number(text)
+
+
+def _untagged_final_number(text: str) -> float | None:
     if "####" in text:
         v = _first_number(text.rsplit("####", 1)[1])
         if v is not None:
@@ -113,11 +125,6 @@ def extract_final_number(text: object) -> float | None:
     boxed = _boxed_contents(text)
     if boxed:
         v = _last_number(boxed[-1])
-        if v is not None:
-            return v
-    tags = _ANSWER_TAG_RE.findall(text)
-    if tags:
-        v = _last_number(tags[-1])
         if v is not None:
             return v
     phrases = list(_ANSWER_IS_RE.finditer(text))

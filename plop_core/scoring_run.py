@@ -8,6 +8,7 @@ CLI and a Prefect/Ray sweep produce byte-for-byte the same kinds of files. Every
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,12 +119,13 @@ def print_cell(cell: ScoreCell, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 110)  # logs/pipes: don't wrap at 80
     types = cell.scores.types.sort_values("nfn")
     chosen = set(cell.placement.types)
     meta = cell.scores.meta
-    t = Table(title=f"NFN by module type: {cell.model_label} on {cell.task} "
-                    f"({meta.get('n_sequences')} seqs, {meta.get('n_tokens')} tokens, {meta.get('estimator')})")
+    console.print(f"NFN by module type: {cell.model_label} on {cell.task} ({meta.get('n_sequences')} sequences, "
+                  f"{meta.get('n_tokens')} tokens, estimator {meta.get('estimator')}; * = chosen)")
+    t = Table()
     for col in ("type", "NFN", "95% CI", "layer min", "layer max", "chosen"):
         t.add_column(col, justify="left" if col == "type" else "right")
     for row in types.itertuples():

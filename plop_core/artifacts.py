@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from plop_core.atomic import atomic_path, atomic_write_text  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = "1.0"
 
@@ -146,29 +147,6 @@ def _check_table(table: str) -> None:
         raise ValueError(f"unknown results table {table!r}; use one of {sorted(TABLES)}")
 
 
-def _tmp_in(path: Path, suffix: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to `path` atomically (temp file in the same folder, fsync, os.replace)."""
-    path = Path(path)
-    tmp = _tmp_in(path, ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -186,13 +164,8 @@ def write_parquet_atomic(table: Any, path: str | Path, metadata: dict[str, Any] 
         merged = dict(table.schema.metadata or {})
         merged[b"plop"] = json.dumps(metadata, default=str, sort_keys=True).encode()
         table = table.replace_schema_metadata(merged)
-    tmp = _tmp_in(path, ".parquet.tmp")
-    try:
+    with atomic_path(path, ".parquet.tmp") as tmp:
         pq.write_table(table, tmp, compression=compression)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import weakref
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from plop_core.atomic import atomic_write_text
 
 ESTIMATORS = ("probe", "reference", "analytic")
 CACHE_VERSION = 1
@@ -193,12 +194,4 @@ class BaselineCache:
         if self.dir is None:
             self.store[key] = baseline.to_json()
             return
-        path = self._path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "value": baseline.to_json()}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self._path(key), json.dumps({"key": key, "value": baseline.to_json()}))

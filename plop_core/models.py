@@ -14,13 +14,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from plop_core import assets
+from plop_core.atomic import atomic_write_text
 from plop_core.config import ModelSpec
 from plop_core.env import hub_offline, plop_home
 
@@ -99,11 +98,7 @@ def weights_sha256(folder: str | Path, cache: bool = True, known: str | None = N
     else:
         digest = hashlib.sha256("".join(f"{f.name} {h}\n" for f, h in zip(files, per)).encode()).hexdigest()
     if cache:
-        side.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=side.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"path": str(folder), "stats": stats, "sha256": digest}, fh)
-        os.replace(tmp, side)
+        atomic_write_text(side, json.dumps({"path": str(folder), "stats": stats, "sha256": digest}))
     return digest
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plop_core.atomic import atomic_path
 from plop_core.data.registry import TaskSpec
 
 PARQUET_META_KEY = b"plop.sample"
@@ -94,14 +93,8 @@ class Sample:
         })
         meta = dict(self.meta, sample_hash=self.sample_hash)
         table = table.replace_schema_metadata({PARQUET_META_KEY: json.dumps(meta, sort_keys=True).encode()})
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

@@ -9,16 +9,15 @@ the tokenizer has one), and save adapters atomically in safetensors.
 from __future__ import annotations
 
 import copy
-import os
 import resource
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from plop_core.atomic import atomic_dir
 
 ModelSource = Any  # str | Path | ModelSpec | LoadedModel | PreTrainedModel
 
@@ -226,18 +225,10 @@ def peak_memory_mb() -> float:
 def save_adapter_atomic(peft_model, out_dir: str | Path) -> Path:
     """Save the adapter (safetensors + adapter_config.json) into `out_dir` via a temp dir and os.replace."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         if not (tmp / "adapter_config.json").is_file() or not (tmp / "adapter_model.safetensors").is_file():
             raise RuntimeError(f"PEFT did not write adapter_config.json and adapter_model.safetensors in {tmp}")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -304,15 +304,16 @@ def finetune_run(run: dict) -> dict:
 
 def evaluate_base_model(plan: dict, model_spec: dict, model_key: str) -> dict:
     """The base model (no adapter) on the same held-out rows: the floor every arm is compared with."""
-    from plop_core.config import EvalConfig
+    from plop_core.config import EvalConfig, FinetuneConfig
     from plop_core.data import resolve_task
-    from plop_core.experiment import evaluate_base
+    from plop_core.experiment import eval_instruction, evaluate_base
 
     run = plan["runs"][0]
     lm = get_model(model_spec, model_key)
     rows = json.loads(Path(run["eval_rows"]).read_text())
+    instruction = eval_instruction(FinetuneConfig.model_validate(run["finetune"]))  # as the arms are evaluated
     return evaluate_base(lm, resolve_task(plan["task"]), rows, EvalConfig.model_validate(run["evaluation"]),
-                         run["finetune"]["max_length"])
+                         run["finetune"]["max_length"], instruction=instruction)
 
 
 def finish_experiment(rec: dict, plan: dict, arm_recs: list[dict], base: dict | None, cfg: SweepConfig,

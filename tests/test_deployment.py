@@ -2,7 +2,8 @@
 
 A Prefect server (the one `.ci/test` starts, or a local one), a uniquely named process work pool, the
 `plop-score-sweep/score` deployment registered from deploy/prefect.yaml with `prefect deploy` (its pull
-step only sets the working directory to $PLOP_REPO: a local checkout, no git clone), a
+step only sets the working directory to $PLOP_REPO, which `prefect deploy` resolves to this checkout's
+path: local code, no git clone), a
 `prefect worker start --type process` subprocess, and
 `prefect deployment run 'plop-score-sweep/score' --param config=<json> --watch` with a tiny offline
 config. The flow run must end Completed on the server, and the cell's Parquet file and MLflow run must
@@ -116,11 +117,13 @@ def test_score_deployment_runs_on_a_process_worker(prefect_api, tmp_path):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("plop-score-sweep/score")
         assert dep.work_pool_name == pool and dep.entrypoint == "flows.score_sweep:score_sweep"
-        assert [next(iter(s)) for s in dep.pull_steps] == ["prefect.deployments.steps.set_working_directory"]
+        # `prefect deploy` resolves {{ $PLOP_REPO }}: the deployment stores this checkout's absolute path
+        assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
         worker_dir = tmp_path / "worker"
         worker_dir.mkdir()
-        with process_worker(pool, env, worker_dir / "worker.log"):
+        worker_env = {k: v for k, v in env.items() if k != "PLOP_REPO"}  # the worker does not need it
+        with process_worker(pool, worker_env, worker_dir / "worker.log"):
             r = subprocess.run(PREFECT + ["deployment", "run", "plop-score-sweep/score", "--param",
                                           f"config={json.dumps(config)}", "--watch", "--watch-timeout", "300"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)

@@ -21,7 +21,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from prefect_ray import RayTaskRunner
+if not os.environ.get("RAY_ADDRESS"):
+    # A local Ray keeps its ports on loopback (127.0.0.1); by default it binds the machine's address.
+    # Ray reads this switch when it is imported, hence before prefect_ray; joining a cluster is unaffected.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from prefect_ray import RayTaskRunner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +35,7 @@ WORKER_ENV_KEYS = (
     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HOME",
     "TOKENIZERS_PARALLELISM", "PLOP_HOME", "PLOP_CODE_VERSION", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED",
     "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED", "MLFLOW_TRACKING_URI",
-    "PLOP_MODEL_CACHE_SIZE",
+    "PLOP_MODEL_CACHE_SIZE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
 )
 
 

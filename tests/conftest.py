@@ -9,7 +9,7 @@ for k, v in {
     "HF_HUB_DISABLE_TELEMETRY": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-    "TOKENIZERS_PARALLELISM": "false",
+    "TOKENIZERS_PARALLELISM": "false", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }.items():
     os.environ.setdefault(k, v)
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))

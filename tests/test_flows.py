@@ -191,3 +191,10 @@ def test_prefect_yaml_deployments_register_with_sweep_config_parameters(prefect_
             assert dep.work_pool_name == "plop-process"
             cfg = load_sweep_config(dep.parameters["config"])  # the parameter IS a SweepConfig
             assert cfg.models[0].id == "smollm2-135m-instruct"
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    """Servers bind 127.0.0.1 by default: the local Ray node (GCS, raylet) included."""
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}

@@ -131,7 +131,8 @@ class ResourcesConfig(_Strict):
     gpus_per_cell: float = Field(0, ge=0, description="Ray GPUs reserved per scoring/finetune task")
     memory_gb_per_cell: float | None = Field(None, gt=0, description="Ray memory reservation per task (GiB)")
     ray_address: str | None = Field(None, description="Ray cluster address; default: $RAY_ADDRESS or local Ray")
-    use_ray: bool = Field(True, description="run cells on Ray (False: Prefect's process pool)")
+    use_ray: bool = Field(True, description="run cells on Ray (False: Prefect's process pool); `plop sweep` only: a "
+                          "deployment's flow always uses its Ray task runner (local Ray, or RAY_ADDRESS)")
 
 
 class OutputsConfig(_Strict):

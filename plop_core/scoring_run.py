@@ -43,10 +43,13 @@ def score_loaded(lm, data: str, sampling: SamplingConfig, scorer: ScorerConfig, 
                  lora_alpha: int | None = None, progress: bool = True, baseline_cache=None) -> ScoreCell:
     """Score an already loaded model (`plop_core.models.LoadedModel`) on `data` (task name or file)."""
     from plop_core.data import resolve_task, sample_task
+    from plop_core.modules import discover_candidates
     from plop_core.nfn import score_nfn
-    from plop_core.placement import select_placement
+    from plop_core.placement import check_k, select_placement
 
     spec = resolve_task(data, text_column=text_column) if text_column else resolve_task(data)
+    discovery = discover_candidates(lm.model)
+    check_k(discovery, selection.strategy, selection.k)  # before sampling and scoring, not after
     sample = sample_task(spec, n=sampling.n_samples, seed=sampling.seed, split=sampling.split,
                          allow_smaller=sampling.allow_smaller, source=sampling.source)
     token_stats = sample.token_stats(lm.tokenizer, sampling.max_length)
@@ -54,7 +57,8 @@ def score_loaded(lm, data: str, sampling: SamplingConfig, scorer: ScorerConfig, 
     scores = score_nfn(lm.model, lm.tokenizer, sample.texts, batch_size=scorer.batch_size,
                        max_length=sampling.max_length, estimator=scorer.estimator, seed=scorer.seed,
                        n_probe=scorer.n_probe, n_bootstrap=scorer.n_bootstrap, ci_level=scorer.ci_level,
-                       include_padding=scorer.include_padding, baseline_cache=baseline_cache, progress=progress)
+                       include_padding=scorer.include_padding, candidates=discovery, baseline_cache=baseline_cache,
+                       progress=progress)
     score_s = time.perf_counter() - t0
     placement = select_placement(scores, strategy=selection.strategy, k=selection.k, seed=selection.seed)
     identity = lm.identity.to_dict()

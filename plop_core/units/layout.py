@@ -1,0 +1,72 @@
+"""Where a unit's files go: two layouts of the same files, chosen by who runs the units.
+
+- `hive` (sweeps): a Parquet dataset partitioned by model and task, readable by pyarrow, pandas and
+  DuckDB without plop:   <root>/<table>/model=<model>/task=<task>/<key>.parquet
+  and each unit's other files (PNG, JSON, adapters) in  <root>/<section>/model=<m>/task=<t>/<key>/.
+- `flat` (`plop score --out DIR`, `plop compare --out DIR`): one folder a person opens:
+  DIR/<table>.parquet, DIR/placement.json, DIR/nfn_heatmap.png, DIR/runs/<arm>_seed<s>/ ...
+
+Every path a record stores is relative to the root, and `resolve` refuses one that leaves it: a
+record in a shared results root cannot point a reader at files elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from plop_core.artifacts import safe_label
+
+
+class Layout(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hive", "flat"]
+    root: str
+
+    @classmethod
+    def hive(cls, root: str | Path) -> Layout:
+        return cls(kind="hive", root=str(Path(root).expanduser().resolve()))
+
+    @classmethod
+    def flat(cls, root: str | Path) -> Layout:
+        return cls(kind="flat", root=str(Path(root).expanduser().resolve()))
+
+    @property
+    def base(self) -> Path:
+        return Path(self.root)
+
+    def table_path(self, table: str, model: str, task: str, key: str) -> Path:
+        """The one Parquet file of `table` for a unit."""
+        if self.kind == "flat":
+            return self.base / f"{table}.parquet"
+        return (self.base / table / f"model={safe_label(model)}" / f"task={safe_label(task)}"
+                / f"{safe_label(key)}.parquet")
+
+    def unit_dir(self, section: str, model: str, task: str, key: str) -> Path:
+        """Folder of a unit's non-tabular files; `section` is `cells` or `finetune`."""
+        if self.kind == "flat":
+            return self.base
+        return self.base / section / f"model={safe_label(model)}" / f"task={safe_label(task)}" / safe_label(key)
+
+    def sample_path(self, task_name: str, sample_hash: str) -> Path:
+        if self.kind == "flat":
+            return self.base / "sample.parquet"
+        return self.base / "samples" / f"task={safe_label(task_name)}" / f"{safe_label(sample_hash)}.parquet"
+
+    def sweep_dir(self, name: str) -> Path:
+        return self.base if self.kind == "flat" else self.base / "sweeps" / safe_label(name)
+
+    def rel(self, path: str | Path) -> str:
+        """`path` (inside the root) as the relative string records store."""
+        return Path(path).resolve().relative_to(self.base).as_posix()
+
+    def resolve(self, rel: str) -> Path:
+        """A stored relative path back to a file, refusing anything that leaves the root."""
+        p = (self.base / rel).resolve()
+        if Path(rel).is_absolute() or not p.is_relative_to(self.base):
+            raise ValueError(f"results path {rel!r} leaves the results root {self.root}; the record is not "
+                             "plop's (delete it to recompute the unit)")
+        return p

@@ -1,0 +1,90 @@
+"""What a finished sweep tells people: the markdown summary, the manifest, and where they are written.
+
+Built from outcomes and result records only (no models, no orchestrator), so the serial runner and the
+Prefect flow print and write the same summary; the flow also publishes it as a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+from plop_core import artifacts
+from plop_core.config import SweepConfig
+from plop_core.tracking import ui_command
+from plop_core.units.layout import Layout
+from plop_core.units.records import ExperimentResult, Outcome
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows (dicts with the same keys) as a GitHub markdown table."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def nfn_rows(outcomes: list[Outcome]) -> list[dict]:
+    """One row per scored cell: model, task, per-type NFN (types in the first cell's order), placement."""
+    rows = []
+    for o in outcomes:
+        if o.ok and o.unit.kind == "cell":
+            r = o.result
+            rows.append({"model": r.model_name, "task": r.task_name, **{t["type"]: round(t["nfn"], 3) for t in r.types},
+                         "placement": ",".join(r.placement["types"])})
+    return rows
+
+
+def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids: dict[str, str], uri: str,
+                     experiments: list[ExperimentResult] = ()) -> str:
+    cells = [o for o in outcomes if o.unit.kind == "cell"]
+    lines = [f"# plop sweep `{cfg.name}`", "", f"Results root: `{layout.root}`  ",
+             f"MLflow: `{uri}` (experiment `{cfg.outputs.experiment}`); UI: `{ui_command(uri)}`", ""]
+    table = nfn_rows(cells)
+    if table:
+        lines += ["## NFN per module type (lowest = where LoRA goes)", "", markdown_table(table), "", "## Cells", ""]
+        lines.append(markdown_table([
+            {"model": o.result.model_name, "task": o.result.task_name, "cached": o.cached,
+             "MLflow run": run_ids.get(o.unit.key, ""), "Parquet (types)": f"`{o.result.files['types']}`"}
+            for o in cells if o.ok]))
+    for r in experiments:
+        m = r.metric
+        rows = [{"arm": s["arm"], "types": s.get("types") or "-", "rank": s.get("rank"),
+                 "params": s.get("trainable_params"), m: f"{s[m]:.4f}",
+                 "interval": f"[{s[m + '_low']:.3f}, {s[m + '_high']:.3f}]"} for s in r.summary]
+        lines += ["", f"## Finetuning: {r.model_name} on {r.task_name} ({m}, matched budget)", "",
+                  markdown_table(rows), "", f"Chart: `{r.files['chart']}`  ", f"Parquet: `{r.files['evaluation']}`"]
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        lines += ["", "## Failed units", ""] + [f"- {describe(o.unit)}: {o.error}" for o in failed]
+    return "\n".join(lines) + "\n"
+
+
+def describe(unit) -> str:
+    if unit.kind == "cell":
+        return f"score {unit.model_name} on {unit.task_name}"
+    if unit.kind == "base":
+        return f"evaluate base {unit.model.name} on {unit.task_name}"
+    return f"finetune {unit.model.name}/{unit.task_name} {unit.arm} seed {unit.seed}"
+
+
+def manifest(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids: dict[str, str], uri: str,
+             experiments: list[ExperimentResult] = (), **extra) -> dict:
+    """The sweep's machine-readable summary (manifest.json): every unit, cached or not, its files."""
+    cells = [o for o in outcomes if o.unit.kind == "cell"]
+    return {
+        "sweep": cfg.name, "root": layout.root, "mlflow_uri": uri, "experiment": cfg.outputs.experiment,
+        "config": cfg.model_dump(mode="json"),
+        "cells": [{"cell_key": o.unit.key, "model_name": o.unit.model_name, "task_name": o.unit.task_name,
+                   "ok": o.ok, "cached": o.cached, "error": o.error, "mlflow_run_id": run_ids.get(o.unit.key),
+                   "files": o.result.files if o.ok else {}} for o in cells],
+        "model_loads": sum(1 for o in cells if o.ok and not o.cached and o.result.model_loaded),
+        "experiments": [e.model_dump(mode="json") for e in experiments],
+        "failed": [{"unit": describe(o.unit), "key": o.unit.key, "error": o.error} for o in outcomes if not o.ok],
+        **extra}
+
+
+def write_sweep_report(layout: Layout, name: str, markdown: str, man: dict) -> tuple[str, str]:
+    """manifest.json and summary.md under `<root>/sweeps/<name>/`; returns their paths."""
+    out = layout.sweep_dir(name)
+    return (str(artifacts.atomic_write_json(out / "manifest.json", man)),
+            str(artifacts.atomic_write_text(out / "summary.md", markdown)))

@@ -1,0 +1,81 @@
+"""The serial runner: a whole sweep (or `plop compare`'s experiment) in this process, unit by unit.
+
+    from plop_core.config import load_sweep_config
+    from plop_core.units import run_serial
+    manifest = run_serial(load_sweep_config("deploy/sweeps/quickstart.yaml"))
+
+It reads top to bottom like the Prefect flow (`flows/sweep.py`), which runs exactly these units on Ray
+and adds only orchestration: plan cells -> score each (done-rule first) -> log to MLflow -> for each
+cell of a finetune task plan its experiment -> evaluate the base and train each (arm, seed) ->
+summarize -> write the report. No Prefect, no Ray: for the CLI (`plop sweep --serial`, `plop compare`),
+notebooks and tests.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from plop_core.config import SweepConfig
+from plop_core.units import plan, report, results, work
+from plop_core.units.layout import Layout
+from plop_core.units.records import Experiment, Outcome, ScoringCell
+from plop_core.units.track import Tracker
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"plop: {msg}", file=sys.stderr, flush=True)
+
+
+def _run(unit, fn, i: int, n: int, progress: bool) -> Outcome:
+    _say(f"[{i}/{n}] {report.describe(unit)} ...", progress)
+    o = work.run_unit(unit, fn, progress=progress)
+    _say(f"[{i}/{n}] {report.describe(unit)}: " + ("cached" if o.cached else "done" if o.ok else f"FAILED {o.error}"),
+         progress)
+    return o
+
+
+def finish_experiment(exp: Experiment, base: Outcome, arms: list[Outcome], cfg: SweepConfig, cell: ScoringCell):
+    """The experiment's summary once its base evaluation and every arm finished; None if any failed."""
+    if not base.ok or not all(a.ok for a in arms):
+        return None
+    return results.write_experiment(exp, base.result, [a.result for a in arms], list(cfg.evaluation.metrics),
+                                    cfg.evaluation.ci_level, cell.sample.sample_hash, cfg.scorer.estimator)
+
+
+def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str | None = None, track: bool = True,
+               progress: bool = True) -> dict:
+    """Run every unit of `cfg` in this process; returns the manifest (also written under the root)."""
+    layout = layout or Layout.hive(cfg.outputs.root)
+    tracker = Tracker.start(cfg, "serial") if track else None
+    try:
+        cells = plan.plan_sweep(cfg, layout, run_name)
+        outcomes = [_run(c, work.score_cell, i + 1, len(cells), progress) for i, c in enumerate(cells)]
+        run_ids = {o.unit.key: tracker.log_cell(o.result, layout, o.cached) for o in outcomes if o.ok and tracker}
+        experiments = []
+        for cell_outcome in [o for o in outcomes if o.ok and plan.finetune_wanted(cfg, o.unit)]:
+            cell = cell_outcome.unit
+            exp = plan.plan_experiment(cell, cell_outcome.result, cfg)
+            units = [exp.base, *exp.runs]
+            done = [_run(u, work.evaluate_base if u.kind == "base" else work.train_run, i + 1, len(units), progress)
+                    for i, u in enumerate(units)]
+            outcomes += done
+            res = finish_experiment(exp, done[0], done[1:], cfg, cell)
+            if res is not None:
+                experiments.append(res)
+                if tracker:
+                    tracker.log_experiment(exp, [o.result for o in done[1:]], res, run_ids[cell.key])
+        uri = tracker.uri if tracker else ""
+        md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
+        man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
+                              mlflow_parent_run_id=tracker.parent_run_id if tracker else None)
+        man["manifest"], man["summary"] = report.write_sweep_report(layout, cfg.name, md, man)
+        man["markdown"] = md
+    except BaseException as e:
+        if tracker:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker:
+        tracker.log_summary(man["summary"], layout.resolve(experiments[0].files["chart"]) if experiments else None)
+        tracker.end("FAILED" if man["failed"] else "FINISHED")
+    return man

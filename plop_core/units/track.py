@@ -1,0 +1,97 @@
+"""MLflow records of a run of units: a parent run per sweep, a nested run per cell, per (arm, seed).
+
+Why in the library: MLflow is where people compare runs, and the serial runner (CLI, notebooks) and the
+Prefect flow must log the same runs with the same names, params, metrics and artifacts. Only one process
+(the runner's) writes MLflow; workers never need it. Built on `plop_core.tracking` (MlflowClient with
+explicit run ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plop_core import tracking
+from plop_core.config import SweepConfig
+from plop_core.units.layout import Layout
+from plop_core.units.records import CellResult, Experiment, ExperimentResult, RunResult
+
+
+@dataclass
+class Tracker:
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @classmethod
+    def start(cls, cfg: SweepConfig, flow: str) -> Tracker:
+        """Create the sweep's parent run (whole config as params)."""
+        root = cfg.outputs.root
+        uri = tracking.resolve_tracking_uri(cfg.outputs.mlflow_uri, root)
+        exp_id = tracking.ensure_experiment(uri, cfg.outputs.experiment, root)
+        cfg_dict = cfg.model_dump(mode="json")
+        parent = tracking.start_run(uri, exp_id, cfg.name, params=tracking.flatten(cfg_dict),
+                                    tags={"plop.level": "sweep", "plop.flow": flow, "plop.sweep": cfg.name})
+        return cls(uri, exp_id, parent)
+
+    def end(self, status: str = "FINISHED") -> None:
+        tracking.end_run(self.uri, self.parent_run_id, status)
+
+    def log_cell(self, rec: CellResult, layout: Layout, cached: bool) -> str:
+        """A nested run per scoring cell: params, per-type NFN with intervals, tags, files. Returns its id."""
+        placement = rec.placement
+        run_id = tracking.start_run(
+            self.uri, self.experiment_id, f"{rec.model_name} / {rec.task_name}", parent_run_id=self.parent_run_id,
+            params={"model_identity": rec.model_identity, "model_id": rec.identity.get("id"),
+                    "sample_hash": rec.sample_hash, "config_hash": rec.config_hash, "cell_key": rec.key,
+                    "code_version": rec.code_version, "estimator": rec.estimator,
+                    **{f"meta.{k}": v for k, v in rec.meta.items()}},
+            tags={"plop.level": "cell", "model": rec.model_name, "task": rec.task_name,
+                  "placement": ",".join(placement["types"]), "strategy": placement["strategy"],
+                  "plop.cached": str(cached).lower(), "plop.cell_key": rec.key})
+        metrics = {f"{col}.{t['type']}": t.get(col) for t in rec.types
+                   for col in ("nfn", "nfn_ci_low", "nfn_ci_high", "layer_min", "layer_max", "layer_std")}
+        metrics["selection_stability"] = placement.get("stability")
+        metrics["score_seconds"] = rec.seconds
+        tracking.log_metrics(self.uri, run_id, metrics)
+        for name in ("modules", "types", "parts", "placements"):
+            if name in rec.files:
+                tracking.log_artifact(self.uri, run_id, layout.resolve(rec.files[name]), f"parquet/{name}")
+        for name in ("heatmap", "placement", "lora_config"):
+            if name in rec.files:
+                tracking.log_artifact(self.uri, run_id, layout.resolve(rec.files[name]))
+        tracking.end_run(self.uri, run_id)
+        return run_id
+
+    def log_experiment(self, exp: Experiment, arms: list[RunResult], result: ExperimentResult,
+                       cell_run_id: str) -> list[str]:
+        """A nested run per (arm, seed) under the cell's run (curve, metrics with intervals) and the
+        experiment's chart and tables on the cell's run."""
+        metrics = list(exp.runs[0].evaluation.metrics)
+        ft = exp.runs[0].finetune.model_dump(mode="json")
+        run_ids = []
+        for r in arms:
+            rid = tracking.start_run(
+                self.uri, self.experiment_id, f"{r.arm} seed {r.seed}", parent_run_id=cell_run_id,
+                params={"arm": r.arm, "seed": r.seed, "rank": r.rank, "types": r.types,
+                        "trainable_params": r.trainable_params, "target_params": r.target_params,
+                        "n_modules": r.n_modules, "finetune": ft, "run_key": r.key},
+                tags={"plop.level": "arm", "model": exp.model_name, "task": exp.task_name, "arm": r.arm,
+                      "placement": r.types})
+            vals = {k: r.metrics.get(k) for m in metrics for k in (m, f"{m}_low", f"{m}_high")}
+            vals.update({k: r.train.get(k) for k in ("first_loss", "final_loss", "train_s", "tokens_per_s",
+                                                      "peak_mem_mb", "mean_reward")})
+            vals["eval_s"] = r.eval_s
+            tracking.log_metrics(self.uri, rid, vals)
+            tracking.log_curve(self.uri, rid, "train.loss", list(enumerate(r.train.get("losses") or [])))
+            tracking.log_json(self.uri, rid, r.row(), "run.json")
+            tracking.end_run(self.uri, rid)
+            run_ids.append(rid)
+        for name in ("chart", "summary", "evaluation", "training"):
+            if name in result.files:
+                tracking.log_artifact(self.uri, cell_run_id, exp.layout.resolve(result.files[name]), "experiment")
+        return run_ids
+
+    def log_summary(self, path, chart=None) -> None:
+        tracking.log_artifact(self.uri, self.parent_run_id, path)
+        if chart:
+            tracking.log_artifact(self.uri, self.parent_run_id, chart)

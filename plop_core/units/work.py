@@ -1,0 +1,153 @@
+"""The work of each unit, done one way: score a cell, train an arm, evaluate the base model.
+
+Every function takes a unit record and returns its result record, after writing the unit's files
+through `plop_core.units.results` (record last). The serial runner calls them in a loop; the Prefect
+tasks call the same functions on Ray workers. `run_unit` applies the done-rule first, so a finished
+unit is never recomputed.
+
+A per-process model cache (`loaded_model`) lets a worker that scores several tasks of one model load
+it once; `MODEL_LOADS` counts real loads so runners can report (and tests assert) how many happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from plop_core.units import results
+from plop_core.units.records import BaseEval, FinetuneRun, Outcome, ScoringCell
+
+MODEL_LOADS: list[str] = []  # identity keys loaded by this process, in order
+_MODEL_CACHE: OrderedDict[str, object] = OrderedDict()
+MODEL_CACHE_SIZE = int(os.environ.get("PLOP_MODEL_CACHE_SIZE", "1"))
+
+
+def loaded_model(model):
+    """Load a `ModelRef` once per process (LRU of MODEL_CACHE_SIZE models, default 1 to bound memory)."""
+    key = model.identity_key
+    if key in _MODEL_CACHE:
+        _MODEL_CACHE.move_to_end(key)
+        return _MODEL_CACHE[key]
+    from plop_core.models import load_model
+
+    while len(_MODEL_CACHE) >= max(1, MODEL_CACHE_SIZE):
+        _MODEL_CACHE.popitem(last=False)
+    lm = load_model(model.spec, progress=False)
+    MODEL_LOADS.append(key)
+    _MODEL_CACHE[key] = lm
+    return lm
+
+
+def run_unit(unit, work: Callable, **kw) -> Outcome:
+    """The done-rule, then the work: a finished unit's record is reused, a failed one is reported."""
+    done = results.load_done(unit)
+    if done is not None:
+        return Outcome(unit=unit, result=done, cached=True)
+    try:
+        return Outcome(unit=unit, result=work(unit, **kw))
+    except Exception as e:  # noqa: BLE001  (one unit's failure must not stop the others)
+        return Outcome(unit=unit, error=f"{type(e).__name__}: {e}")
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_cell(cell: ScoringCell, progress: bool = False, lm=None):
+    """Score one (model, task) cell: NFN on its sample, the placements, each arm's placement; write it all."""
+    from plop_core.arms import REFERENCE_ARM, arm_placements
+    from plop_core.data import Sample
+    from plop_core.modules import discover_candidates
+    from plop_core.nfn import score_nfn
+    from plop_core.placement import check_k, select_placement
+
+    t0 = time.perf_counter()
+    n_loads = len(MODEL_LOADS)
+    lm = lm or loaded_model(cell.model)
+    loaded, load_s = len(MODEL_LOADS) > n_loads, time.perf_counter() - t0
+    sel, sc, sampling = cell.selection, cell.scorer, cell.sample.sampling
+    discovery = discover_candidates(lm.model)
+    check_k(discovery, sel.strategy, sel.k)
+    sample = Sample.from_parquet(cell.layout.resolve(cell.sample.path))
+    if sample.sample_hash != cell.sample.sample_hash:
+        raise RuntimeError(f"the sample file of task {cell.sample.task!r} changed since it was planned; rerun")
+    t1 = time.perf_counter()
+    scores = score_nfn(lm.model, lm.tokenizer, sample.texts, batch_size=sc.batch_size,
+                       max_length=sampling.max_length, estimator=sc.estimator, seed=sc.seed, n_probe=sc.n_probe,
+                       n_bootstrap=sc.n_bootstrap, ci_level=sc.ci_level, include_padding=sc.include_padding,
+                       candidates=discovery, progress=progress)
+    score_s = time.perf_counter() - t1
+    placements = {s: select_placement(scores, strategy=s, k=sel.k, seed=sel.seed) for s in cell.strategies}
+    arms = list(dict.fromkeys([REFERENCE_ARM, *cell.arms])) if cell.arms else []
+    arm_pl = arm_placements(arms, cell.seeds, scores, discovery, sel.k) if arms else {}
+    lora = placements[sel.strategy].to_lora_config(r=cell.r, lora_alpha=cell.lora_alpha)
+    lora_dict = json.loads(json.dumps(lora.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+    timing = {"model_loaded": loaded, "load_seconds": round(load_s, 3), "seconds": round(score_s, 3)}
+    return results.write_cell(cell, scores, placements, arm_pl, lora_dict, lm.identity.to_dict(),
+                              sample.token_stats(lm.tokenizer, sampling.max_length), timing)
+
+
+# ---------------------------------------------------------------- finetuning
+
+
+def _rows(unit, rel: str) -> list[dict]:
+    return json.loads(unit.layout.resolve(rel).read_text())
+
+
+def _evaluate(model, tokenizer, unit, instruction):
+    from plop_core.data import resolve_task
+    from plop_core.evaluate import evaluate_model
+
+    ev = unit.evaluation
+    return evaluate_model(model, tokenizer, resolve_task(unit.task), _rows(unit, unit.eval_rows), ev.metrics,
+                          batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, ci_level=ev.ci_level,
+                          n_bootstrap=ev.n_bootstrap, rel_tol=ev.rel_tol, max_length=unit.finetune.max_length,
+                          seed=0, instruction=instruction)
+
+
+def train_run(run: FinetuneRun, progress: bool = False):
+    """Finetune one (arm, seed) from a fresh base model at its rank, evaluate on the held-out rows."""
+    from plop_core.arms import eval_instruction
+    from plop_core.data import resolve_task
+    from plop_core.placement import Placement
+    from plop_core.train.common import load_fresh_model
+    from plop_core.train.grpo import train_grpo
+    from plop_core.train.sft import train_sft
+
+    ft = run.finetune
+    spec, pl = resolve_task(run.task), Placement.from_dict(run.placement)
+    ratio = (ft.lora.lora_alpha / ft.lora.r) if ft.lora.lora_alpha is not None else 2.0
+    lcfg = pl.to_lora_config(r=run.rank, lora_alpha=max(1, round(ratio * run.rank)),
+                             lora_dropout=ft.lora.lora_dropout, task_type="CAUSAL_LM")
+    base, tok = load_fresh_model(run.model.source)
+    rows = _rows(run, run.train_rows)
+    if ft.method == "grpo":
+        res = train_grpo(base, tok, [spec.grpo_example(r, tok) for r in rows], lcfg, ft, run.dir, seed=run.seed,
+                         keep_model=True, progress=progress)
+    else:
+        res = train_sft(base, tok, [spec.sft_example(r, tok) for r in rows], lcfg, ft, run.dir, seed=run.seed,
+                        keep_model=True, progress=progress)
+    del base
+    er = _evaluate(res.model, tok, run, eval_instruction(ft.method, ft.grpo_system_prompt))
+    d = res.to_dict()
+    rewards = d.get("rewards") or []
+    train = {"first_loss": d["first_loss"], "final_loss": d["final_loss"], "losses": d["losses"],
+             "mean_reward": float(sum(rewards) / len(rewards)) if rewards else None, "steps": d["steps"],
+             "tokens_per_s": d["tokens_per_s"], "peak_mem_mb": d["peak_mem_mb"], "train_s": d["wall_s"],
+             "adapter_dir": d["adapter_dir"]}
+    extra = dict(arm=run.arm, seed=run.seed, types=",".join(pl.types), rank=run.rank,
+                 n_modules=len(pl.target_modules), trainable_params=d["trainable_params"],
+                 target_params=run.target_params)
+    return results.write_run(run, train, er, extra)
+
+
+def evaluate_base(unit: BaseEval, progress: bool = False):
+    """The base model (no adapter) on the experiment's held-out rows, prompted as the arms are."""
+    from plop_core.arms import eval_instruction
+
+    lm = loaded_model(unit.model)
+    ft = unit.finetune
+    er = _evaluate(lm.model, lm.tokenizer, unit, eval_instruction(ft.method, ft.grpo_system_prompt))
+    return results.write_run(unit, {}, er, dict(arm="base", seed=-1))

@@ -30,7 +30,7 @@ _EXPORTS = {
     "get_task": "plop_core.data",
     "list_tasks": "plop_core.data",
     "sample_task": "plop_core.data",
-    "run_experiment": "plop_core.experiment",
+    "run_serial": "plop_core.units",
     "SweepConfig": "plop_core.config",
     "load_sweep_config": "plop_core.config",
 }

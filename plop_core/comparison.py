@@ -51,7 +51,8 @@ def summarize(runs: pd.DataFrame, per_row: dict, metrics: list[str], ci_level: f
     ref = runs[runs["arm"] == reference]
     for arm in arms:
         g = runs[runs["arm"] == arm].sort_values("seed")
-        rec = {"arm": arm, "types": g["types"].iloc[0], "rank": int(g["rank"].iloc[0]),
+        rec = {"arm": arm, "types": " / ".join(dict.fromkeys(g["types"])),  # random: one set per seed
+               "rank": int(g["rank"].iloc[0]),
                "trainable_params": int(g["trainable_params"].mean()), "n_seeds": len(g) if arm != "base" else 0}
         for m in metrics:
             vals = g[m].to_numpy(float)
@@ -80,8 +81,11 @@ def summarize(runs: pd.DataFrame, per_row: dict, metrics: list[str], ci_level: f
     return pd.DataFrame(out)
 
 
-def _fmt(v, digits=3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+def _fmt(v, digits=3, sign: bool = False) -> str:
+    """A number for the table; None/NaN (a summary read back from JSON has None) -> "n/a"."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
 def format_summary(summary: pd.DataFrame, metric: str) -> str:
@@ -91,8 +95,7 @@ def format_summary(summary: pd.DataFrame, metric: str) -> str:
     for _, r in summary.iterrows():
         rows.append([r["arm"], r["types"] or "-", str(r["rank"]), f"{r['trainable_params']:,}",
                      f"{_fmt(r[metric])} [{_fmt(r[metric + '_low'])}, {_fmt(r[metric + '_high'])}]",
-                     "" if r[f"{metric}_test"] == "reference" else f"{r[metric + '_diff']:+.3f}"
-                     if math.isfinite(r[metric + "_diff"]) else "n/a",
+                     "" if r[f"{metric}_test"] == "reference" else _fmt(r[metric + "_diff"], sign=True),
                      _fmt(r[f"{metric}_p_seeds"]), _fmt(r[f"{metric}_p_rows"])])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731

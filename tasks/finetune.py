@@ -1,33 +1,25 @@
-"""Prefect tasks for the benchmark sweep: finetune + evaluate one (arm, seed), and evaluate the base model.
+"""Prefect tasks for experiments: finetune + evaluate one (arm, seed), and evaluate the base model.
 
 Both run on Ray worker processes (never threads: TRL/datasets are not thread-safe) with the sweep's
-declared resources. Each is cached by its run key (cell key, arm, seed, finetune and evaluation
-configs, code version); the flow forces a rerun when the run's JSON record is missing (resume).
+declared resources; a finished unit ends `Cached` (tasks/common.py). `log_prints=False`: datasets'
+fingerprinting prints bytecode through a swapped stdout, which must not reach the logs.
 """
 
 from __future__ import annotations
 
 from prefect import task
 
-from plop_core import pipeline
+from plop_core.units import BaseEval, FinetuneRun, work
+from tasks.common import cached_or
 
 
-def run_cache_key(context, parameters) -> str:
-    return "plop-finetune-" + parameters["run"]["run_key"]
+@task(name="finetune-arm", task_run_name="finetune {run.model.name}/{run.task_name} {run.arm} seed {run.seed}",
+      retries=1, retry_delay_seconds=5, log_prints=False)
+def train_arm(run: FinetuneRun):
+    return cached_or(run, work.train_run)
 
 
-def base_cache_key(context, parameters) -> str:
-    return "plop-base-" + parameters["plan"]["base_key"]
-
-
-@task(name="finetune-arm", task_run_name="finetune {run[model_name]}/{run[task_name]} {run[arm]} seed {run[seed]}",
-      cache_key_fn=run_cache_key, persist_result=True, retries=1, retry_delay_seconds=5,
-      log_prints=False)  # datasets' fingerprinting prints bytecode through a swapped stdout: keep it out of logs
-def finetune_arm(run: dict) -> dict:
-    return pipeline.finetune_run(run)
-
-
-@task(name="evaluate-base", task_run_name="evaluate base {model_name} on {plan[task]}",
-      cache_key_fn=base_cache_key, persist_result=True, retries=1, retry_delay_seconds=5, log_prints=False)
-def evaluate_base(plan: dict, model_name: str, model_spec: dict, model_key: str) -> dict:
-    return pipeline.evaluate_base_model(plan, model_spec, model_key)
+@task(name="evaluate-base", task_run_name="evaluate base {unit.model.name} on {unit.task_name}", retries=1,
+      retry_delay_seconds=5, log_prints=False)
+def evaluate_base(unit: BaseEval):
+    return cached_or(unit, work.evaluate_base)

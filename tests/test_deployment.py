@@ -1,11 +1,11 @@
 """A sweep run the way an MLOps team runs a scheduled one: `prefect deployment run` against a server.
 
 A Prefect server (the one `.ci/test` starts, or a local one), a uniquely named process work pool, the
-`plop-score-sweep/score` deployment registered from deploy/prefect.yaml with `prefect deploy` (its pull
+`plop-sweep/score` deployment registered from deploy/prefect.yaml with `prefect deploy` (its pull
 step only sets the working directory to $PLOP_REPO, which `prefect deploy` resolves to this checkout's
 path: local code, no git clone), a
 `prefect worker start --type process` subprocess, and
-`prefect deployment run 'plop-score-sweep/score' --param config=<json> --watch` with a tiny offline
+`prefect deployment run 'plop-sweep/score' --param config=<json> --watch` with a tiny offline
 config. The flow run must end Completed on the server, and the cell's Parquet file and MLflow run must
 exist under the given results root. These are the commands docs/pipeline.md ("Deployments") lists.
 """
@@ -115,8 +115,8 @@ def test_score_deployment_runs_on_a_process_worker(prefect_api, tmp_path):
         _cli(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--name", "score",
               "--pool", pool], env)
         with get_client(sync_client=True) as client:
-            dep = client.read_deployment_by_name("plop-score-sweep/score")
-        assert dep.work_pool_name == pool and dep.entrypoint == "flows.score_sweep:score_sweep"
+            dep = client.read_deployment_by_name("plop-sweep/score")
+        assert dep.work_pool_name == pool and dep.entrypoint == "flows.sweep:plop_sweep"
         # `prefect deploy` resolves {{ $PLOP_REPO }}: the deployment stores this checkout's absolute path
         assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
 
@@ -124,7 +124,7 @@ def test_score_deployment_runs_on_a_process_worker(prefect_api, tmp_path):
         worker_dir.mkdir()
         worker_env = {k: v for k, v in env.items() if k != "PLOP_REPO"}  # the worker does not need it
         with process_worker(pool, worker_env, worker_dir / "worker.log"):
-            r = subprocess.run(PREFECT + ["deployment", "run", "plop-score-sweep/score", "--param",
+            r = subprocess.run(PREFECT + ["deployment", "run", "plop-sweep/score", "--param",
                                           f"config={json.dumps(config)}", "--watch", "--watch-timeout", "300"],
                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
         out = r.stdout + r.stderr

@@ -200,7 +200,7 @@ def test_prefect_yaml_deployments_register_with_sweep_config_parameters(prefect_
                        cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     with get_client(sync_client=True) as client:
-        for name in ("plop-score-sweep/score", "plop-benchmark-sweep/benchmark"):
+        for name in ("plop-sweep/score", "plop-sweep/benchmark"):
             dep = client.read_deployment_by_name(name)
             assert dep.work_pool_name == "plop-process"
             cfg = load_sweep_config(dep.parameters["config"])  # the parameter IS a SweepConfig

@@ -5,9 +5,11 @@ Usage:
     plop assets list | fetch NAME... | path NAME
     plop tasks list | show NAME
     plop compare --model smollm2-135m-instruct --task gsm8k --arms plop,attn,mlp,all
-    plop sweep deploy/sweeps/quickstart.yaml [--set key=value ...]
+    plop sweep deploy/sweeps/quickstart.yaml [--set key=value ...]   (registered by flows/cli.py)
 
-The library (`plop_core`) never imports Prefect or Ray; only `plop sweep` reaches into `flows/`, lazily.
+The library (`plop_core`) never imports Prefect, Ray, `flows` or `tasks`. The `plop` console script is
+`flows.cli:main`, which adds `plop sweep` (Prefect + Ray) to these library commands; `python -m
+plop_core.cli` runs the library commands alone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import sys
 
 from plop_core.env import setup_offline_env
 
-SUBCOMMANDS = ("score", "assets", "tasks", "compare", "sweep")
+SUBCOMMANDS = ("score", "assets", "tasks", "compare")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra=()) -> argparse.ArgumentParser:
+    """The `plop` parser: the library's subcommands, plus `extra` register functions (e.g. `plop sweep`)."""
     parser = argparse.ArgumentParser(
         prog="plop",
         description="PLoP: decide where LoRA adapters go (NFN scores), prove it (finetune + evaluate), at scale.",
@@ -37,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.register(sub)
+    for register in extra:
+        register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra=()) -> int:
     setup_offline_env()
-    parser = build_parser()
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,7 +1,8 @@
-"""`python -m plop_core.cli ...` is the same as `plop ...`."""
+"""`python -m plop_core.cli ...`: the library's commands (`plop` without `plop sweep`, which flows/cli.py adds)."""
 
 import sys
 
 from plop_core.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

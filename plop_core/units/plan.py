@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from plop_core import artifacts
-from plop_core.config import ModelSpec, SamplingConfig, SweepConfig, config_hash
+from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, SweepConfig, config_hash
 from plop_core.units.layout import Layout
 from plop_core.units.records import BaseEval, CellResult, Experiment, FinetuneRun, ModelRef, SampleRef, ScoringCell
 
@@ -77,7 +77,7 @@ def scoring_cells(cfg: SweepConfig, models: list[ModelRef], samples: dict[str, S
                   run_name: str | None = None) -> list[ScoringCell]:
     """One cell per (model, task), grouped by model (cells of one model run in one worker, one load)."""
     arms, seeds = finetune_arms(cfg)
-    strategies = list(dict.fromkeys([cfg.selection.strategy, *(a for a in arms if "," not in a and "+" not in a)]))
+    strategies = list(dict.fromkeys([cfg.selection.strategy, *(a for a in arms if a in STRATEGIES)]))
     return [ScoringCell(run_name=run_name or cfg.name, key=cell_key(m, samples[t], cfg), layout=layout, model=m,
                         sample=samples[t], scorer=cfg.scorer, selection=cfg.selection, strategies=strategies,
                         arms=arms, seeds=seeds, r=cfg.finetune.lora.r, lora_alpha=cfg.finetune.lora.lora_alpha)

@@ -222,6 +222,7 @@ class ExperimentResult(_Record):
     model_name: str
     task_name: str
     metric: str
+    reference_params: int = Field(description="the budget: trainable parameters of the plop arm at lora.r")
     summary: list[dict[str, Any]]
     files: dict[str, str]
 

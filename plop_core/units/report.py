@@ -34,6 +34,21 @@ def nfn_rows(outcomes: list[Outcome]) -> list[dict]:
     return rows
 
 
+def arm_rows(r: ExperimentResult) -> list[dict]:
+    """One row per arm of an experiment's summary: types, rank, params, metric with its interval."""
+    m = r.metric
+    return [{"arm": s["arm"], "types": s.get("types") or "-", "rank": s.get("rank"), "params": s.get("trainable_params"),
+             m: f"{s[m]:.4f}", "interval": f"[{s[m + '_low']:.3f}, {s[m + '_high']:.3f}]"} for s in r.summary]
+
+
+def type_rows(rec) -> list[dict]:
+    """One row per module type of a scored cell: NFN, interval, chosen or not."""
+    chosen = set(rec.placement["types"])
+    return [{"type": t["type"], "nfn": round(t["nfn"], 4),
+             "ci": f"[{t.get('nfn_ci_low', float('nan')):.3f}, {t.get('nfn_ci_high', float('nan')):.3f}]",
+             "chosen": "yes" if t["type"] in chosen else ""} for t in rec.types]
+
+
 def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids: dict[str, str], uri: str,
                      experiments: list[ExperimentResult] = ()) -> str:
     cells = [o for o in outcomes if o.unit.kind == "cell"]
@@ -47,12 +62,9 @@ def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], 
              "MLflow run": run_ids.get(o.unit.key, ""), "Parquet (types)": f"`{o.result.files['types']}`"}
             for o in cells if o.ok]))
     for r in experiments:
-        m = r.metric
-        rows = [{"arm": s["arm"], "types": s.get("types") or "-", "rank": s.get("rank"),
-                 "params": s.get("trainable_params"), m: f"{s[m]:.4f}",
-                 "interval": f"[{s[m + '_low']:.3f}, {s[m + '_high']:.3f}]"} for s in r.summary]
-        lines += ["", f"## Finetuning: {r.model_name} on {r.task_name} ({m}, matched budget)", "",
-                  markdown_table(rows), "", f"Chart: `{r.files['chart']}`  ", f"Parquet: `{r.files['evaluation']}`"]
+        lines += ["", f"## Finetuning: {r.model_name} on {r.task_name} ({r.metric}, matched budget)", "",
+                  markdown_table(arm_rows(r)), "", f"Chart: `{r.files['chart']}`  ",
+                  f"Parquet: `{r.files['evaluation']}`"]
     failed = [o for o in outcomes if not o.ok]
     if failed:
         lines += ["", "## Failed units", ""] + [f"- {describe(o.unit)}: {o.error}" for o in failed]

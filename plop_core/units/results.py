@@ -206,5 +206,6 @@ def write_experiment(exp: Experiment, base: RunResult | None, arms: list[RunResu
     files["summary"] = lay.rel(artifacts.write_parquet_atomic(summary, exp.dir / "summary.parquet"))
     files["runs"] = lay.rel(artifacts.write_parquet_atomic(runs, exp.dir / "runs.parquet"))
     result = ExperimentResult(key=exp.key, model_name=exp.model_name, task_name=exp.task_name, metric=m,
+                              reference_params=exp.reference_params,
                               summary=json.loads(summary.to_json(orient="records")), files=files)
     return write_record(exp, result)

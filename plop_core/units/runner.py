@@ -65,16 +65,24 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
                 experiments.append(res)
                 if tracker:
                     tracker.log_experiment(exp, [o.result for o in done[1:]], res, run_ids[cell.key])
-        uri = tracker.uri if tracker else ""
-        md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
-        man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
-                              mlflow_parent_run_id=tracker.parent_run_id if tracker else None)
-        man["manifest"], man["summary"] = report.write_sweep_report(layout, cfg.name, md, man)
-        man["markdown"] = md
+        man = finish_sweep(cfg, layout, outcomes, run_ids, experiments, tracker)
     except BaseException as e:
         if tracker:
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    return man
+
+
+def finish_sweep(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids: dict, experiments: list,
+                 tracker: Tracker | None, **extra) -> dict:
+    """Summary markdown + manifest under the root, logged on the parent MLflow run, which ends FINISHED
+    (or FAILED when a unit failed). Returns the manifest with `markdown`, `manifest` and `summary` paths."""
+    uri = tracker.uri if tracker else ""
+    md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
+    man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
+                          mlflow_parent_run_id=tracker.parent_run_id if tracker else None, **extra)
+    man["manifest"], man["summary"] = report.write_sweep_report(layout, cfg.name, md, man)
+    man["markdown"] = md
     if tracker:
         tracker.log_summary(man["summary"], layout.resolve(experiments[0].files["chart"]) if experiments else None)
         tracker.end("FAILED" if man["failed"] else "FINISHED")

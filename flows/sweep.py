@@ -1,0 +1,87 @@
+"""The sweep: models x tasks -> NFN scores and placements on Ray; then, for the cells of finetune tasks,
+every (arm, seed) at a matched LoRA budget and the base model, evaluated; then the report.
+
+Read top to bottom. Every step is a unit of `plop_core.units` (the same units `plop sweep --serial`
+runs in one process); this flow adds only orchestration: Ray resources, retries, the done-rule shown
+as `Cached` task runs, Prefect artifacts. `run_sweep` (flows/run.py, used by `plop sweep`) sets up the
+Prefect API and Ray around it; a deployment (deploy/prefect.yaml) calls it directly on its server.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect_ray.context import remote_options
+
+from flows.runtime import ray_task_runner
+from plop_core.config import SweepConfig
+from plop_core.units import Layout, plan
+from plop_core.units.runner import finish_experiment, finish_sweep
+from plop_core.units.track import Tracker
+from tasks import data, finetune, report, scoring
+from tasks.common import outcome
+
+
+def ray_resources(cfg: SweepConfig) -> dict:
+    r = cfg.resources
+    opts = {"num_cpus": r.cpus_per_cell, "num_gpus": r.gpus_per_cell}
+    if r.memory_gb_per_cell:
+        opts["memory"] = int(r.memory_gb_per_cell * 2**30)
+    return opts
+
+
+def sweep_run_name() -> str:
+    cfg = flow_run.parameters.get("config")
+    name = cfg.get("name") if isinstance(cfg, dict) else getattr(cfg, "name", None)
+    return f"sweep-{name or 'sweep'}"
+
+
+@flow(name="plop-sweep", flow_run_name=sweep_run_name, log_prints=True, task_runner=ray_task_runner())
+def plop_sweep(config: SweepConfig) -> dict:
+    """Score every (model, task) cell of a sweep config; finetune and evaluate arms where it asks to."""
+    cfg, layout = config, Layout.hive(config.outputs.root)
+    tracker = Tracker.start(cfg, "plop-sweep")
+    try:
+        # 1. resolve models (no load) and draw each task's sample once
+        models = [data.resolve_model(m) for m in cfg.models]
+        samples = {t: data.draw_sample(t, cfg.sampling, layout) for t in cfg.tasks}
+
+        # 2. score the cells on Ray, the cells of one model in one worker (one load)
+        cells = plan.scoring_cells(cfg, models, samples, layout)
+        with remote_options(**ray_resources(cfg)):
+            groups = [list(g) for _, g in itertools.groupby(cells, key=lambda c: c.model.name)]
+            futures = [scoring.score_model.submit(g[0].model.name, len(g), g) for g in groups]
+        outcomes = [o for f in futures for o in f.result()]
+        run_ids = {o.unit.key: report.report_cell(tracker, o, layout) for o in outcomes if o.ok}
+
+        # 3. finetune tasks: the base model and every (arm, seed) of each scored cell, all at once on Ray
+        cells_ft = [o for o in outcomes if o.ok and plan.finetune_wanted(cfg, o.unit)]
+        experiments = [plan.plan_experiment(o.unit, o.result, cfg) for o in cells_ft]
+        with remote_options(**ray_resources(cfg)):
+            submitted = [(finetune.evaluate_base.submit(e.base), [finetune.train_arm.submit(r) for r in e.runs])
+                         for e in experiments]
+
+        # 4. summarize each experiment as its units finish
+        results = []
+        for o, exp, (base_f, arm_fs) in zip(cells_ft, experiments, submitted):
+            base = outcome(exp.base, base_f)
+            arms = [outcome(r, f) for r, f in zip(exp.runs, arm_fs)]
+            outcomes += [base, *arms]
+            res = finish_experiment(exp, base, arms, cfg, o.unit)
+            if res is not None:
+                results.append(res)
+                report.report_experiment(tracker, exp, arms, res, run_ids[o.unit.key])
+
+        # 5. the report: summary markdown and manifest under the root, MLflow parent run, Prefect artifact
+        man = finish_sweep(cfg, layout, outcomes, run_ids, results, tracker, flow_run_id=str(flow_run.id))
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    report.report_sweep(cfg.name, man["markdown"])
+    print(man["markdown"])
+    if man["failed"]:
+        raise RuntimeError(f"{len(man['failed'])} unit(s) failed: " +
+                           "; ".join(f"{f['unit']}: {f['error']}" for f in man["failed"]))
+    return man

@@ -1,0 +1,32 @@
+"""The done-rule as Prefect sees it, and a unit's outcome from a task's final state.
+
+Prefect's own result cache is not used: its records are pickles, and unpickling a file from a shared
+results root runs whatever code was planted there. The library's done-rule (`load_done`: the unit's
+JSON record and the Parquet/JSON files it lists) decides instead, and a finished unit's task run ends in
+a `Completed` state named `Cached`, so the UI shows exactly what the serial runner would reuse.
+"""
+
+from __future__ import annotations
+
+from prefect.states import Completed
+
+from plop_core.units import Outcome, load_done
+
+
+def cached_or(unit, work, **kw):
+    """The unit's record as a `Cached` state when it is done, else the result of doing the work."""
+    done = load_done(unit)
+    if done is not None:
+        return Completed(name="Cached", data=done, message="done: record and its files present")
+    return work(unit, **kw)
+
+
+def outcome(unit, state) -> Outcome:
+    """An `Outcome` from a task run's final state, or from a future once it settles (a failed unit is
+    reported, not raised)."""
+    if hasattr(state, "wait"):  # a PrefectFuture
+        state.wait()
+        state = state.state
+    if state.is_completed():
+        return Outcome(unit=unit, result=state.result(), cached=state.name == "Cached")
+    return Outcome(unit=unit, error=str(state.message))

@@ -66,8 +66,10 @@ def test_unknown_estimator_and_strategy_are_rejected_by_argparse(capsys):
 
 
 def test_help_of_every_subcommand(capsys):
+    from flows.cli import main as plop  # the console script: the library commands plus `plop sweep`
+
     for cmd in ("score", "assets", "tasks", "compare", "sweep"):
         with pytest.raises(SystemExit) as e:
-            main([cmd, "--help"])
+            plop([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: plop " + cmd in capsys.readouterr().out

@@ -31,10 +31,15 @@ def test_plop_sweep_embedded_default(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PREFECT_API_URL", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    proc = subprocess.run([sys.executable, "-m", "plop_core.cli", "sweep", str(tmp_path / "sweep.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(tmp_path / "sweep.yaml"),
                            "--num-cpus", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "NFN per module type" in proc.stdout and "v" in proc.stdout
+    # the summary's NFN row of the cell: seven per-type values, and the placement is the three lowest
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| tiny-llama | arithmetic |")]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| model | task |"))
+    cols, vals = header.strip("| ").split(" | "), row.strip("| ").split(" | ")
+    nfn = {c: float(v) for c, v in zip(cols[2:-1], vals[2:-1])}
+    assert len(nfn) == 7 and sorted(vals[-1].split(",")) == sorted(sorted(nfn, key=nfn.get)[:3])
     root = tmp_path / "results"
     assert list((root / "types" / "model=tiny-llama" / "task=arithmetic").glob("*.parquet"))
     assert (root / "mlflow.db").is_file()

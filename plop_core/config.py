@@ -358,7 +358,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = "required field is missing; add it"
         # value errors raised by our validators already quote the offending value
         show_input = e["type"] not in ("missing", "value_error")
-        lines.append(f"  - {loc}: {msg} (got {e.get('input')!r})" if show_input else f"  - {loc}: {msg}")
+        head = "  - " if loc == "(top level)" and not show_input else f"  - {loc}: "  # the message names its field
+        lines.append(f"{head}{msg} (got {e.get('input')!r})" if show_input else f"{head}{msg}")
     return "\n".join(lines)
 
 

@@ -69,6 +69,21 @@ def run(args: argparse.Namespace) -> int:
                           n_bootstrap=args.n_bootstrap)
     selection = SelectionConfig(strategy=args.strategy, k=args.k, seed=args.seed)
 
+    # Then everything else knowable without loading weights: model resolves, --max-length fits its positions,
+    # --out writable with free space, the data resolves; every problem at once.
+    from plop_core.data import resolve_task
+    from plop_core.errors import explain
+    from plop_core.preflight import PreflightError, Problem, check_model, check_output_folder
+
+    _, problems = check_model(spec, {"--max-length": args.max_length}, "--model")
+    problems += check_output_folder(args.out, "--out")[1]
+    try:
+        resolve_task(args.data, text_column=args.text_column) if args.text_column else resolve_task(args.data)
+    except Exception as e:  # noqa: BLE001 -- collected with the others
+        problems.append(Problem("--data", explain(e)))
+    if problems:
+        raise PreflightError(problems)
+
     from plop_core.scoring_run import print_cell, score_cell
 
     cell = score_cell(spec, args.data, sampling, scorer, selection, out_dir=Path(args.out),

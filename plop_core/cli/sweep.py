@@ -3,7 +3,7 @@
 Usage:
     plop sweep deploy/sweeps/quickstart.yaml
     plop sweep my-sweep.yaml --set sampling.n_samples=64 --set outputs.root=results/mine
-    plop sweep my-sweep.yaml --dry-run          # validate and print the resolved config, run nothing
+    plop sweep my-sweep.yaml --dry-run          # validate, preflight, print the resolved config; run nothing
 
 Embedded by default: a local Prefect server for the duration of the run, local Ray with this machine's
 CPUs, MLflow in a SQLite file and Parquet under outputs.root. Export PREFECT_API_URL, RAY_ADDRESS or
@@ -30,10 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from plop_core.config import load_sweep_config
+    from plop_core.preflight import preflight
 
     cfg = load_sweep_config(args.config, args.overrides)
+    report = preflight(cfg)  # every problem at once, before Prefect/Ray start or anything is written
     if args.dry_run:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        print(report.summary())
         return 0
     from flows import run_sweep  # lazy: plop_core itself never imports Prefect or Ray
 

@@ -379,9 +379,10 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         path, value = _parse_override(text)
         node = data
         for p in path[:-1]:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {p!r} is not a section")
+                raise ConfigError(f"override {text!r}: {p!r} is not a section; set the whole value instead "
+                                  f"(e.g. --set '{'.'.join(path[:path.index(p) + 1])}=[...]')")
         node[path[-1]] = value
     return data
 

@@ -86,8 +86,8 @@ def _explain_cli(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         lines = []
         for err in exc.errors():
-            flag = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
-            lines.append(f"{flag} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
+            flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "a flag"
+            lines.append(f"{flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
         return "\n".join(lines)
     return explain(exc)
 

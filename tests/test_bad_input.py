@@ -89,12 +89,12 @@ TASKS = ("tasks", "show")
 # (argv, exit status, key phrase of stderr). {d}: the work folder, {tiny}: a tiny saved model.
 CASES = [
     # ---- plop score: flags, model, data, output (all before any weights load)
-    pytest.param((*SCORE, "--n-samples", "0"), 2, "--n-samples: Input should be greater than or equal to 1",
+    pytest.param((*SCORE, "--n-samples", "0"), 2, "--n-samples 0: Input should be greater than or equal to 1",
                  id="score-n-samples-0"),
-    pytest.param((*SCORE, "--batch-size", "0"), 2, "--batch-size: Input should be greater than or equal to 1",
+    pytest.param((*SCORE, "--batch-size", "0"), 2, "--batch-size 0: Input should be greater than or equal to 1",
                  id="score-batch-size-0"),
-    pytest.param((*SCORE, "--k", "0"), 2, "--k: Input should be greater than or equal to 1", id="score-k-0"),
-    pytest.param((*SCORE, "--max-length", "0"), 2, "--max-length: Input should be greater than or equal to 1",
+    pytest.param((*SCORE, "--k", "0"), 2, "--k 0: Input should be greater than or equal to 1", id="score-k-0"),
+    pytest.param((*SCORE, "--max-length", "0"), 2, "--max-length 0: Input should be greater than or equal to 1",
                  id="score-max-length-0"),
     pytest.param((*SCORE, "--dtype", "float8"), 2, "argument --dtype: invalid choice: 'float8'", id="score-dtype"),
     pytest.param((*SCORE, "--strategy", "best"), 2, "argument --strategy: invalid choice: 'best'",
@@ -158,13 +158,13 @@ CASES = [
     pytest.param(("compare", "--model", "{tiny}", "--task", "{d}/good.jsonl", "--arms", "plop,plop", "--out", "{d}/out"),
                  2, "arm 'plop' is listed twice; list each arm once", id="compare-arm-twice"),
     pytest.param(("compare", "--model", "{tiny}", "--task", "{d}/good.jsonl", "--arms", ",", "--out", "{d}/out"), 2,
-                 "--arms: List should have at least 1 item", id="compare-arms-empty"),
+                 "--arms []: List should have at least 1 item", id="compare-arms-empty"),
     pytest.param(("compare", "--model", "{tiny}", "--task", "{d}/good.jsonl", "--seeds", "0,x", "--out", "{d}/out"), 2,
                  "--seeds '0,x' must be comma-separated integers", id="compare-seeds-text"),
     pytest.param(("compare", "--model", "{tiny}", "--task", "{d}/good.jsonl", "--seeds", "-1", "--out", "{d}/out"), 2,
-                 "--seeds: Input should be greater than or equal to 0", id="compare-seeds-negative"),
+                 "--seeds -1: Input should be greater than or equal to 0", id="compare-seeds-negative"),
     pytest.param(("compare", "--model", "{tiny}", "--task", "{d}/good.jsonl", "--metrics", "bleu", "--out", "{d}/out"), 2,
-                 "--metrics: Input should be 'nll', 'exact_match' or 'multiple_choice'", id="compare-metric-unknown"),
+                 "--metrics 'bleu': Input should be 'nll', 'exact_match' or 'multiple_choice'", id="compare-metric-unknown"),
     # ---- sweep YAML files
     pytest.param(("sweep", "{d}/missing.yaml", "--dry-run"), 2, "missing.yaml' not found; see deploy/sweeps/",
                  id="yaml-missing"),

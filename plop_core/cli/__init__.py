@@ -87,7 +87,7 @@ def _explain_cli(exc: BaseException) -> str:
         lines = []
         for err in exc.errors():
             flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "a flag"
-            lines.append(f"{flag}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+            lines.append(f"{flag} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
         return "\n".join(lines)
     return explain(exc)
 

@@ -252,7 +252,7 @@ def test_good_sweep_passes_dry_run_and_writes_nothing(work, llama_dir):
     """The control for the matrix: the same base config passes preflight, and --dry-run creates no root."""
     r = plop(*_sub(DRY, work, llama_dir), cwd=work)
     assert r.returncode == 0, r.stderr
-    assert "preflight ok: 1 model(s), 1 task(s)" in r.stdout
+    assert "preflight ok: 1 model(s), 1 task(s)" in r.stderr and json.loads(r.stdout)["name"] == "bad-input"
     assert not (work / "root").exists() and not list(work.glob(".plop-preflight-*"))
 
 

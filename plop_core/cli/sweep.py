@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     report = preflight(cfg)  # every problem at once, before Prefect/Ray start or anything is written
     if args.dry_run:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
-        print(report.summary())
+        print(report.summary(), file=sys.stderr)  # stdout stays pure JSON for tools
         return 0
     from flows import run_sweep  # lazy: plop_core itself never imports Prefect or Ray
 

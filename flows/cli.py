@@ -4,7 +4,7 @@ sweep config as a Prefect flow on Ray, or (`--serial`) unit by unit in this proc
 Usage:
     plop sweep deploy/sweeps/quickstart.yaml
     plop sweep my-sweep.yaml --set sampling.n_samples=64 --set outputs.root=results/mine
-    plop sweep my-sweep.yaml --dry-run          # validate and print the resolved config, run nothing
+    plop sweep my-sweep.yaml --dry-run          # validate, preflight, print the resolved config; run nothing
     plop sweep my-sweep.yaml --serial           # the same units, one after another, no Prefect or Ray
 
 Embedded by default: a local Prefect server for the duration of the run, local Ray with this machine's
@@ -35,10 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from plop_core.config import load_sweep_config
+    from plop_core.preflight import preflight
 
     cfg = load_sweep_config(args.config, args.overrides)
+    report = preflight(cfg)  # every problem at once, before Prefect/Ray start or anything is written
     if args.dry_run:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        print(report.summary(), file=sys.stderr)  # stdout stays pure JSON for tools
         return 0
     if args.serial:
         from plop_core.units import run_serial

@@ -15,20 +15,16 @@ from __future__ import annotations
 REFERENCE_ARM = "plop"
 
 
-def arm_types(arm: str) -> str:
-    """'q+v' (CLI form) -> 'q,v'; strategy names unchanged."""
-    return arm.replace("+", ",")
-
-
 def arm_placement(arm: str, scores, discovery, k: int = 3, seed: int = 0):
     """The Placement of one arm: a strategy (random drawn with `seed`) or explicit types like 'q,v'."""
+    from plop_core.config import canonical_arm
     from plop_core.placement import STRATEGIES, placement_from_types, select_placement
 
     if arm in STRATEGIES:
         if STRATEGIES[arm].needs_scores and scores is None:
             raise ValueError(f"arm {arm!r} needs NFN scores; score the model first")
         return select_placement(scores if scores is not None else discovery, arm, k=k, seed=seed)
-    types = arm_types(arm)
+    types = canonical_arm(arm)
     if "," in types or types in discovery.types:
         return placement_from_types(discovery, types, strategy=arm)
     raise ValueError(f"unknown arm {arm!r}; use a strategy ({', '.join(STRATEGIES)}) or explicit types like 'q,v' "

@@ -17,7 +17,6 @@ import pandas as pd
 from plop_core.arms import REFERENCE_ARM
 
 
-
 def _t_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     from scipy import stats
 

@@ -8,15 +8,27 @@ to a default. `load_sweep_config(path, overrides)` reads YAML and applies `key.s
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from plop_core.module_types import TYPE_ORDER, split_types
+from plop_core.strategies import STRATEGIES as _STRATEGY_REGISTRY
+
+# Closed vocabularies. Strategy and module-type names are defined in their torch-free registries and only
+# derived here; the ones below are defined here, once (the scorer and the CLI import them from this module).
+STRATEGIES = tuple(_STRATEGY_REGISTRY)
 ESTIMATORS = ("probe", "reference", "analytic")
-STRATEGIES = ("plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+DATA_SOURCES = ("auto", "offline", "hub")
+FINETUNE_METHODS = ("sft", "grpo", "none")
+METRICS = ("nll", "exact_match", "multiple_choice")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Strict(BaseModel):
@@ -28,11 +40,19 @@ class ModelSpec(_Strict):
 
     id: str = Field(description="hub id (org/name), local folder path, or offline asset name")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit); ignored for local paths")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+    dtype: Literal[DTYPES] = Field(
         "float32", description="dtype the model is loaded in; scoring math is always fp32"
     )
     trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless you ask")
     name: str | None = Field(None, description="short label used in paths and MLflow; default derived from id")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str | None) -> str | None:
+        if v is not None and not _is_safe_name(v):
+            raise ValueError(f"name {v!r} is not a safe folder name; use letters, digits, '.', '_', '-' "
+                             f"(e.g. {_suggest_name(v)!r})")
+        return v
 
     @property
     def label(self) -> str:
@@ -47,13 +67,13 @@ class SamplingConfig(_Strict):
     max_length: int = Field(256, ge=1, description="tokens per sequence for scoring (longer ones are truncated)")
     split: str = Field("train", description="task split to sample from")
     allow_smaller: bool = Field(False, description="accept a source smaller than n_samples instead of failing")
-    source: Literal["auto", "offline", "hub"] = Field(
+    source: Literal[DATA_SOURCES] = Field(
         "auto", description="data source: hub when online else the packaged offline copy; pin one for reproducibility"
     )
 
 
 class ScorerConfig(_Strict):
-    estimator: Literal["probe", "reference", "analytic"] = Field("probe", description="baseline estimator of rho(W)")
+    estimator: Literal[ESTIMATORS] = Field("probe", description="baseline estimator of rho(W)")
     n_probe: int = Field(512, ge=8, description="unit vectors per weight for the `probe` estimator")
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     seed: int = Field(0, description="seed of the random vectors (probe/reference) and the bootstrap")
@@ -63,7 +83,7 @@ class ScorerConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    strategy: Literal["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default"] = Field(
+    strategy: Literal[STRATEGIES] = Field(
         "plop", description="placement strategy"
     )
     k: int = Field(3, ge=1, description="number of module types chosen by plop / plop_inverse / random")
@@ -77,12 +97,15 @@ class LoraRecipe(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    method: Literal["sft", "grpo", "none"] = Field("sft", description="finetuning method, or none to score only")
+    method: Literal[FINETUNE_METHODS] = Field("sft", description="finetuning method, or none to score only")
     arms: list[str] = Field(
         default_factory=lambda: ["plop", "attn", "mlp", "all"],
-        description="strategies to compare, or explicit module-type lists like 'q,v'",
+        min_length=1,
+        description="strategies to compare, or explicit module-type lists like 'q,v' (or 'q+v')",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], description="training seeds per arm")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="training seeds per arm (non-negative, distinct)"
+    )
     budget_match: bool = Field(True, description="choose each arm's rank to match the plop arm's trainable params")
     lora: LoraRecipe = Field(default_factory=LoraRecipe)
     train_samples: int = Field(256, ge=1, description="training rows drawn from the task's train split")
@@ -113,9 +136,35 @@ class FinetuneConfig(_Strict):
     )
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra TRL config keys passed through")
 
+    @field_validator("arms")
+    @classmethod
+    def _arms_known(cls, arms: list[str]) -> list[str]:
+        return _dedupe("arm", [canonical_arm(a) for a in arms])
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct(cls, seeds: list[int]) -> list[int]:
+        return _dedupe("seed", seeds)
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards_known(cls, rewards: list[str]) -> list[str]:
+        from plop_core.train.rewards import REWARDS  # light: no TRL, no torch
+
+        for r in rewards:
+            if r not in REWARDS:
+                raise ValueError(f"unknown GRPO reward {r!r}{_did_you_mean(r, REWARDS)}; known: {', '.join(REWARDS)}")
+        return rewards
+
+    @model_validator(mode="after")
+    def _overrides_are_trainer_fields(self) -> FinetuneConfig:
+        if self.overrides and self.method != "none":
+            check_trainer_overrides(self.method, self.overrides)
+        return self
+
 
 class EvalConfig(_Strict):
-    metrics: list[Literal["nll", "exact_match", "multiple_choice"]] = Field(
+    metrics: list[Literal[METRICS]] = Field(
         default_factory=lambda: ["nll"], description="metrics; nll is cheap and low-variance on CPU"
     )
     n_samples: int = Field(64, ge=1, description="held-out rows evaluated (disjoint from training rows)")
@@ -140,6 +189,15 @@ class OutputsConfig(_Strict):
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite under root")
     experiment: str = Field("plop", description="MLflow experiment name")
 
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_stays_in_root(cls, v: str) -> str:
+        # the name becomes <root>/mlartifacts/<name>: it must be one folder name, not a path out of the root
+        if not v.strip() or v.strip(".") == "" or any(c in v for c in "/\\\0") or Path(v).is_absolute():
+            raise ValueError(f"experiment {v!r} must be a plain name, not a path (no '/', '\\', '..' or absolute "
+                             f"paths): its artifacts go under the results root; e.g. {_suggest_name(v)!r}")
+        return v
+
 
 class SweepConfig(_Strict):
     """A sweep: models x tasks, scored, selected, optionally finetuned and evaluated."""
@@ -163,6 +221,39 @@ class SweepConfig(_Strict):
             return [{"id": m} if isinstance(m, str) else m for m in v]
         return v
 
+    @field_validator("tasks", "finetune_tasks")
+    @classmethod
+    def _tasks_distinct(cls, tasks: list[str] | None) -> list[str] | None:
+        if tasks is None:
+            return None
+        for i, t in enumerate(tasks):
+            if not str(t).strip():
+                raise ValueError(f"tasks[{i}] is empty; give a task name (`plop tasks list`) or a data file")
+        labels: dict[str, int] = {}
+        for i, t in enumerate(tasks):
+            label = task_label(t).casefold()
+            if label in labels:
+                j = labels[label]
+                same = "are the same task" if tasks[j] == t else f"share the label {task_label(t)!r} used in paths"
+                raise ValueError(f"tasks[{j}] ({tasks[j]!r}) and tasks[{i}] ({t!r}) {same}; list each task once "
+                                 "(rename one of the files if they differ)")
+            labels[label] = i
+        return tasks
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _models_distinct(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        seen: dict[str, int] = {}
+        for i, m in enumerate(models):
+            label = model_label(m, i)
+            if label.casefold() in seen:
+                j = seen[label.casefold()]
+                raise ValueError(
+                    f"models[{j}] (id {models[j].id!r}) and models[{i}] (id {m.id!r}) have the same label {label!r}, "
+                    f"so their results would mix; give each a distinct `name:` (e.g. name: {label}-{i})")
+            seen[label.casefold()] = i
+        return models
+
     @model_validator(mode="after")
     def _finetune_tasks_known(self) -> SweepConfig:
         if self.finetune_tasks:
@@ -170,6 +261,80 @@ class SweepConfig(_Strict):
             if unknown:
                 raise ValueError(f"finetune_tasks {unknown} are not in tasks {self.tasks}; add them to `tasks`")
         return self
+
+
+def _is_safe_name(text: str) -> bool:
+    return bool(_SAFE_NAME.fullmatch(text)) and not text.endswith(".")
+
+
+def _suggest_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "my-name"
+
+
+def _did_you_mean(word: str, known) -> str:
+    near = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _dedupe(what: str, items: list) -> list:
+    seen = set()
+    for x in items:
+        if x in seen:
+            raise ValueError(f"{what} {x!r} is listed twice; list each {what} once")
+        seen.add(x)
+    return items
+
+
+def canonical_arm(arm: str) -> str:
+    """An arm as the pipeline names it: a strategy name, or explicit types joined by ',' ('q+v' -> 'q,v').
+    Raises ValueError naming the unknown part and the known names, before any model is loaded."""
+    arm = str(arm).strip()
+    if arm in STRATEGIES:
+        return arm
+    types = split_types(arm)
+    unknown = [t for t in types if t not in TYPE_ORDER]
+    if not types or unknown:
+        bad = unknown[0] if unknown else arm
+        hint = _did_you_mean(bad, STRATEGIES + TYPE_ORDER)
+        raise ValueError(f"unknown arm {arm!r}{hint}: use a strategy ({', '.join(STRATEGIES)}) or module types "
+                         f"joined by ',' or '+' from {', '.join(TYPE_ORDER)} (e.g. 'q,v')")
+    return ",".join(dict.fromkeys(types))
+
+
+def model_label(spec: ModelSpec, index: int | None = None) -> str:
+    """The folder-safe label of a model in results paths; raises ValueError saying to add `name:` when the
+    id gives none (e.g. id '..' or '/')."""
+    from plop_core.artifacts import safe_label  # the one sanitising rule (pyarrow import, so lazy)
+
+    try:
+        return safe_label(spec.label)
+    except ValueError:
+        where = f"models[{index}]" if index is not None else "model"
+        raise ValueError(f"{where}: id {spec.id!r} gives no usable folder name; add `name: my-model` "
+                         "(letters, digits, '.', '_', '-')") from None
+
+
+def task_label(task: str) -> str:
+    """The folder-safe label of a task in results paths: its registry name, or a data file's stem."""
+    from plop_core.artifacts import safe_label
+
+    p = Path(task)
+    return safe_label(p.stem if p.suffix else task)
+
+
+def check_trainer_overrides(method: str, overrides: dict[str, Any]) -> None:
+    """Each `finetune.overrides` key must be a field of the trainer's config class (trl.SFTConfig or
+    trl.GRPOConfig): a typo would otherwise fail only when training starts, after scoring."""
+    import dataclasses
+
+    import trl  # lazy and only when overrides are given: TRL takes seconds to import
+
+    cls = {"sft": trl.SFTConfig, "grpo": trl.GRPOConfig}[method]
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"override {key!r} is not a field of trl.{cls.__name__} (method {method}){_did_you_mean(key, fields)}; "
+                             f"see the TRL docs for {cls.__name__}, or remove it")
 
 
 def config_hash(*parts: BaseModel | dict | str | int | float | None) -> str:
@@ -186,12 +351,15 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling (see `plop sweep --help` or docs/config.md)"
         elif e["type"] == "missing":
             msg = "required field is missing; add it"
-        lines.append(f"  - {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "missing" else f"  - {loc}: {msg}")
+        # value errors raised by our validators already quote the offending value
+        show_input = e["type"] not in ("missing", "value_error")
+        head = "  - " if loc == "(top level)" and not show_input else f"  - {loc}: "  # the message names its field
+        lines.append(f"{head}{msg} (got {e.get('input')!r})" if show_input else f"{head}{msg}")
     return "\n".join(lines)
 
 
@@ -211,9 +379,10 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         path, value = _parse_override(text)
         node = data
         for p in path[:-1]:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
             if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {p!r} is not a section")
+                raise ConfigError(f"override {text!r}: {p!r} is not a section; set the whole value instead "
+                                  f"(e.g. --set '{'.'.join(path[:path.index(p) + 1])}=[...]')")
         node[path[-1]] = value
     return data
 

@@ -6,7 +6,10 @@ use), then a hub id. It always loads safetensors, never runs remote code unless 
 returns a `LoadedModel(model, tokenizer, identity)`. `ModelIdentity` holds the source, id, path, hub
 revision or the sha256 of the weight files, dtype and shape facts; `identity_key` is its short stable
 hash for cache keys. Hashing the weights takes ~1 s per GB, so the digest is cached in a sidecar under
-PLOP_HOME/hashes keyed by each file's size and mtime.
+PLOP_HOME/hashes keyed by each file's inode, size, mtime and ctime: ctime changes on every write and cannot
+be set back by users (unlike mtime), so a modified file is always re-hashed. Offline assets are checked
+against their manifest's digest before loading, and every safetensors header is checked (truncation,
+damage) before transformers reads it; both failures say how to repair (`plop assets verify` / `fetch --force`).
 """
 
 from __future__ import annotations
@@ -73,15 +76,21 @@ def _weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
 
 
+def _file_key(f: Path) -> list:
+    st = f.stat()
+    return [f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def weights_sha256(folder: str | Path, cache: bool = True, known: str | None = None) -> str:
     """sha256 of a model folder's safetensors files: the file's own sha256 when there is one file, else
-    the sha256 of the sorted 'name sha256' lines. Cached by (name, size, mtime) in PLOP_HOME/hashes.
+    the sha256 of the sorted 'name sha256' lines. Cached in PLOP_HOME/hashes by each file's (name, inode,
+    size, mtime_ns, ctime_ns): any write to a file changes its ctime, so the digest follows the content.
     `known`: a digest just computed elsewhere (e.g. before a rename); stored without hashing again."""
     folder = Path(folder).resolve()
     files = _weight_files(folder)
     if not files:
         raise FileNotFoundError(f"no *.safetensors weight files in {folder}")
-    stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    stats = [_file_key(f) for f in files]
     side = plop_home() / "hashes" / (hashlib.sha256(str(folder).encode()).hexdigest()[:24] + ".json")
     if cache and known is None:
         try:
@@ -100,6 +109,56 @@ def weights_sha256(folder: str | Path, cache: bool = True, known: str | None = N
     if cache:
         atomic_write_text(side, json.dumps({"path": str(folder), "stats": stats, "sha256": digest}))
     return digest
+
+
+def _repair_hint(folder: Path) -> str:
+    name = folder.name if (folder / "plop_asset.json").exists() else None
+    if name:
+        return (f"check it with `plop assets verify {name}` and rebuild it with `plop assets fetch {name} --force`")
+    return "restore the folder from its source, or save the model again with save_pretrained"
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Fail with the file and the repair when a safetensors file is truncated or its header is damaged.
+    Reads only the header (8-byte length + JSON), so it costs microseconds, not a load."""
+    from plop_core.assets import ChecksumError
+
+    path = Path(path)
+    size = path.stat().st_size
+    problem = None
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n < 2 or 8 + n > size:
+            problem = f"its header length ({n} bytes) does not fit the file ({size} bytes): truncated or damaged"
+        else:
+            try:
+                header = json.loads(f.read(n))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError):
+                problem = "its header is not valid safetensors JSON: damaged"
+            else:
+                if 8 + n + end != size:
+                    problem = (f"its tensors need {8 + n + end} bytes but the file has {size}: "
+                               f"{'truncated' if size < 8 + n + end else 'damaged'}")
+    if problem:
+        raise ChecksumError(f"weights file {path} is unusable: {problem}; {_repair_hint(path.parent)}")
+
+
+def verify_asset_weights(name: str, folder: str | Path) -> str:
+    """The weights digest of a fetched asset, checked against its manifest (cached by content, see
+    `weights_sha256`); raises ChecksumError saying how to repair when they differ."""
+    from plop_core.assets import ChecksumError
+
+    folder = Path(folder)
+    for f in _weight_files(folder):
+        check_safetensors(f)
+    want = json.loads((folder / "plop_asset.json").read_text()).get("weights_sha256")
+    got = weights_sha256(folder)
+    if want and got != want:
+        raise ChecksumError(f"offline asset {name}: weights sha256 {got[:16]}... differs from its manifest's "
+                            f"{want[:16]}... ({folder} was modified or damaged); {_repair_hint(folder)}")
+    return got
 
 
 # ---------------------------------------------------------------- resolution
@@ -135,10 +194,14 @@ def _check_local(folder: Path) -> None:
                  f"`AutoModel.from_pretrained(folder).save_pretrained(new_folder)` in a trusted environment."
                  if bins else "")
         raise FileNotFoundError(f"model folder {folder} has no *.safetensors weights.{extra}")
+    for f in _weight_files(folder):
+        check_safetensors(f)
 
 
-def resolve(spec: ModelSpec | str, progress: bool = True) -> tuple[str, str, Path | None]:
-    """(source, id, folder) for a spec: local path first, then an asset name (fetched if missing), else hub."""
+def resolve(spec: ModelSpec | str, progress: bool = True, fetch: bool = True) -> tuple[str, str, Path | None]:
+    """(source, id, folder) for a spec: local path first, then an asset name (fetched if missing), else hub.
+    Local folders and assets are checked before anything loads them (safetensors headers; assets' digests
+    against their manifest). fetch=False: an asset not fetched yet gives folder None instead of fetching."""
     spec = ModelSpec(id=spec) if isinstance(spec, str) else spec
     mid = spec.id
     if not mid.strip():
@@ -152,11 +215,14 @@ def resolve(spec: ModelSpec | str, progress: bool = True) -> tuple[str, str, Pat
         raise FileNotFoundError(f"model path {mid!r} does not exist; check the path, or use an offline asset "
                                 f"({', '.join(assets.ASSETS)}) or a hub id like org/name")
     if mid in assets.ASSETS:
-        try:
-            return "asset", mid, assets.asset_path(mid)
-        except FileNotFoundError:
+        folder = assets.asset_path_or_none(mid)
+        if folder is None:
+            if not fetch:
+                return "asset", mid, None
             assets._say(f"offline asset {mid} is not fetched yet; fetching it now (once)", progress)
-            return "asset", mid, assets.fetch_asset(mid, progress=progress)
+            folder = assets.fetch_asset(mid, progress=progress)
+        verify_asset_weights(mid, folder)
+        return "asset", mid, folder
     if hub_offline():
         try:
             from huggingface_hub import try_to_load_from_cache

@@ -25,10 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 
-FUSED_TYPES = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
-TYPE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
-READS_HIDDEN = {"q", "k", "v", "qkv", "gate", "up", "gate_up"}
-WRITES_HIDDEN = {"o", "down"}
+from plop_core.module_types import FUSED_TYPES, READS_HIDDEN, TYPE_ORDER, WRITES_HIDDEN  # noqa: F401 (re-exported)
 
 ATTN_HINTS = {
     "q": {"q_proj", "q", "query", "wq", "q_lin", "to_q", "query_proj"},

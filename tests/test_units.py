@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from plop_core import artifacts
-from plop_core.config import load_sweep_config
+from plop_core.config import load_sweep_config, task_label
 from plop_core.placement import Placement
 from plop_core.units import Layout, ModelRef, SampleRef, load_done, plan, run_serial
 
@@ -27,7 +27,7 @@ def _model(name="m", key="abc"):
 
 
 def _sample(task="arithmetic", h="s1"):
-    return SampleRef(task=task, task_name=plan.task_label(task), sample_hash=h, path="x.parquet", n_rows=8,
+    return SampleRef(task=task, task_name=task_label(task), sample_hash=h, path="x.parquet", n_rows=8,
                      sampling={"n_samples": 8})
 
 

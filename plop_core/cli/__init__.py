@@ -19,6 +19,7 @@ import importlib
 import sys
 
 from plop_core.env import setup_offline_env
+from plop_core.errors import debug_enabled, exit_status, explain
 
 SUBCOMMANDS = ("score", "assets", "tasks", "compare")
 
@@ -45,33 +46,55 @@ def build_parser(extra=()) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """`--debug` before the subcommand and after it (on every subparser, nested ones too)."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="show the full traceback on errors (also: PLOP_DEBUG=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug_flag(child)
+
+
 def main(argv: list[str] | None = None, extra=()) -> int:
+    """Run one command. The error boundary: any failure prints `plop CMD: error: ...` (problem and fix, see
+    `plop_core.errors.explain`) with status 2, or 1 for unexpected errors, 130 on Ctrl-C; --debug re-raises."""
     setup_offline_env()
     parser = build_parser(extra)
+    _add_debug_flag(parser, top=True)
     args = parser.parse_args(argv)
+    debug = args.debug or debug_enabled()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "no_progress", False):  # also silence the libraries' own bars (weights, datasets)
-        import os
+    try:
+        if getattr(args, "no_progress", False):  # also silence the libraries' own bars (weights, datasets)
+            import os
 
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        from transformers.utils import logging as hf_logging
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()
+        return int(args.func(args) or 0)
+    except BaseException as e:  # noqa: BLE001 -- the one boundary; SystemExit passes through
+        if isinstance(e, SystemExit) or debug:
+            raise
+        cmd = " ".join(x for x in (args.command, getattr(args, f"{args.command}_command", None)) if x)
+        print(f"plop {cmd}: error: {_explain_cli(e)}", file=sys.stderr)
+        return exit_status(e)
+
+
+def _explain_cli(exc: BaseException) -> str:
+    """`explain`, with a flag-shaped name for errors of the shared schema raised from command-line flags."""
     from pydantic import ValidationError
 
-    try:
-        return int(args.func(args) or 0)
-    except ValidationError as e:  # a flag that the shared config schema rejects
-        for err in e.errors():
-            flag = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
-            print(f"plop {args.command}: error: {flag} {err.get('input')!r}: {err['msg']}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"plop {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    if isinstance(exc, ValidationError):
+        lines = []
+        for err in exc.errors():
+            flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "a flag"
+            lines.append(f"{flag} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
+        return "\n".join(lines)
+    return explain(exc)
 
 
 if __name__ == "__main__":

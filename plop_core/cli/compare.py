@@ -63,7 +63,14 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from plop_core.comparison import format_summary
-    from plop_core.config import EvalConfig, FinetuneConfig, LoraRecipe, SamplingConfig, ScorerConfig, SweepConfig
+    from plop_core.config import (
+        EvalConfig,
+        FinetuneConfig,
+        LoraRecipe,
+        SamplingConfig,
+        ScorerConfig,
+        SweepConfig,
+    )
     from plop_core.units import Layout, run_serial
 
     arms = [a.replace("+", ",") for a in _csv(args.arms)]

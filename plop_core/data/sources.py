@@ -145,6 +145,19 @@ def read_local_rows(path: str | Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in LOCAL_SUFFIXES:
         raise DataSourceError(f"{path.name}: unsupported file type {suffix!r}; use one of {', '.join(LOCAL_SUFFIXES)}")
+    try:
+        return _read_rows(path, suffix)
+    except UnicodeDecodeError as e:
+        raise DataSourceError(f"{path.name} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except DataSourceError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- pyarrow/csv errors carry no fix; name the file and the format
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataSourceError(f"{path.name} is not a readable {suffix} file ({first}); check it was written "
+                              f"completely, or convert it to .jsonl") from None
+
+
+def _read_rows(path: Path, suffix: str) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -32,9 +32,7 @@ from plop_core.train.common import (
     run_trainer,
     trainer_device_args,
 )
-from plop_core.train.rewards import correctness_reward, format_reward
-
-REWARDS: dict[str, Callable] = {"format": format_reward, "correctness": correctness_reward}
+from plop_core.train.rewards import REWARDS
 
 
 def resolve_rewards(rewards) -> list[Callable]:

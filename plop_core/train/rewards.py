@@ -184,3 +184,4 @@ def correctness_reward(completions, answer=None, **kwargs) -> list[float]:
 
 
 MATH_REWARDS = (format_reward, correctness_reward)
+REWARDS: dict[str, Callable] = {"format": format_reward, "correctness": correctness_reward}  # names in configs

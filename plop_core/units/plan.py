@@ -17,18 +17,19 @@ nothing.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from plop_core import artifacts
-from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, SweepConfig, config_hash
+from plop_core.config import STRATEGIES, ModelSpec, SamplingConfig, SweepConfig, config_hash, task_label
 from plop_core.units.layout import Layout
-from plop_core.units.records import BaseEval, CellResult, Experiment, FinetuneRun, ModelRef, SampleRef, ScoringCell
-
-
-def task_label(task: str) -> str:
-    """Partition label of a task: its registry name, or a local data file's stem."""
-    p = Path(task)
-    return artifacts.safe_label(p.stem if p.suffix else task)
+from plop_core.units.records import (
+    BaseEval,
+    CellResult,
+    Experiment,
+    FinetuneRun,
+    ModelRef,
+    SampleRef,
+    ScoringCell,
+)
 
 
 def resolve_model(spec: ModelSpec | dict) -> ModelRef:

@@ -20,7 +20,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from plop_core.config import EvalConfig, FinetuneConfig, ModelSpec, SamplingConfig, ScorerConfig, SelectionConfig
+from plop_core.config import (
+    EvalConfig,
+    FinetuneConfig,
+    ModelSpec,
+    SamplingConfig,
+    ScorerConfig,
+    SelectionConfig,
+)
 from plop_core.units.layout import Layout
 
 

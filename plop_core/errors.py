@@ -1,0 +1,98 @@
+"""One place that turns any exception into one or two lines naming the problem and the fix, plus an exit status.
+
+Why: a sweep's user should never have to read a traceback to learn that the disk is full, a weights file
+is damaged or a config key is misspelt. The CLI's error boundary (`plop_core.cli.main`) and the flows use
+`explain(exc)` for the text and `exit_status(exc)` for the status; `--debug` / PLOP_DEBUG=1 shows the
+traceback instead. Known classes are matched by name where importing them would be heavy or circular
+(safetensors, yaml, torch, the scorer's NonFiniteActivationError).
+
+    try:
+        run()
+    except BaseException as e:
+        print(f"plop score: error: {explain(e)}", file=sys.stderr)
+        sys.exit(exit_status(e))
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+USAGE = 2  # bad input or environment: the message says what to change
+INTERNAL = 1  # unexpected: a bug or a failure we did not anticipate
+INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+
+DEBUG_HINT = "rerun with --debug (or PLOP_DEBUG=1) to see the traceback, and report it if it looks like a bug"
+_WEIGHTS_FIX = ("for an offline asset run `plop assets verify NAME`, then `plop assets fetch NAME --force`; "
+                "for a local folder, save it again with save_pretrained")
+
+
+def debug_enabled() -> bool:
+    """True when PLOP_DEBUG is set to anything but '', '0' or 'false'."""
+    return os.environ.get("PLOP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {c.__name__ for c in type(exc).__mro__}
+
+
+def _first_arg(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else type(exc).__name__
+
+
+def _os_error(e: OSError) -> str | None:
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        return (f"no space left on the device{where}; free space there, or write elsewhere "
+                "(--out / outputs.root), then rerun")
+    if e.errno == errno.EROFS:
+        return f"read-only file system{where}; write to a writable folder (--out / outputs.root)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"permission denied{where}; use a folder you can write (--out / outputs.root) or fix its "
+                "permissions")
+    if e.errno == errno.ENOENT:
+        return f"no such file or folder{where}; check the path"
+    if e.errno is not None:
+        return f"{e.strerror or 'operating-system error'}{where} (errno {errno.errorcode.get(e.errno, e.errno)})"
+    return None  # an OSError raised by plop with its own message (no errno)
+
+
+def explain(exc: BaseException) -> str:
+    """One or two lines: what went wrong (naming the field, file or module) and what to do about it."""
+    names = _names(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted; finished results are kept, rerun the same command to continue"
+    if "ValidationError" in names and hasattr(exc, "errors"):  # pydantic
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}" + ("" if err["type"] == "value_error" else f" (got {err.get('input')!r})"))
+        return f"invalid {getattr(exc, 'title', 'configuration')}: " + "; ".join(parts)
+    if "SafetensorError" in names or "HeaderTooLarge" in str(exc) or "MetadataIncompleteBuffer" in str(exc):
+        return f"a weights file is damaged or truncated ({_first_arg(exc)}); {_WEIGHTS_FIX}"
+    if "NonFiniteActivationError" in names:
+        return _first_arg(exc)
+    if "OutOfMemoryError" in names or isinstance(exc, MemoryError):
+        return ("out of memory; lower the batch size (--batch-size / scorer.batch_size) or max_length, "
+                "or use a smaller model")
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); fix or regenerate the file"
+    if "YAMLError" in names:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); fix the file"
+    if isinstance(exc, OSError):
+        return _os_error(exc) or _first_arg(exc)
+    if isinstance(exc, (ValueError, LookupError)) or "ChecksumError" in names:
+        return _first_arg(exc)  # plop's own messages name the field and the fix
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"internal error: {type(exc).__name__}: {first}; {DEBUG_HINT}"
+
+
+def exit_status(exc: BaseException) -> int:
+    """2 for bad input and environment problems `explain` knows, 130 for Ctrl-C, 1 for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED
+    return INTERNAL if explain(exc).startswith("internal error:") else USAGE

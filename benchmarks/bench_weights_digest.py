@@ -15,7 +15,8 @@ import argparse
 import statistics
 import time
 
-from plop_core.models import _weight_files, check_safetensors, load_model, resolve, weights_sha256
+from plop_core.models import load_model, resolve
+from plop_core.weights import check_safetensors, weight_files, weights_sha256
 
 
 def best(fn, repeat: int) -> tuple[float, float]:
@@ -33,10 +34,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     _, _, folder = resolve(a.model, progress=False)
-    size = sum(f.stat().st_size for f in _weight_files(folder)) / 1e6
+    size = sum(f.stat().st_size for f in weight_files(folder)) / 1e6
     weights_sha256(folder, cache=False)  # warm the page cache
     full = best(lambda: weights_sha256(folder, cache=False), a.repeat)
-    cached = best(lambda: ([check_safetensors(f) for f in _weight_files(folder)], weights_sha256(folder)), a.repeat)
+    cached = best(lambda: ([check_safetensors(f) for f in weight_files(folder)], weights_sha256(folder)), a.repeat)
     load = best(lambda: load_model(a.model, progress=False), a.repeat)
     print(f"{a.model}: {size:.0f} MB of safetensors, best/median of {a.repeat} (warm page cache)")
     for name, (b, m) in (("full sha256", full), ("cached digest + header check", cached), ("load_model", load)):

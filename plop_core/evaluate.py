@@ -24,10 +24,10 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from plop_core.config import METRICS
 from plop_core.train.common import has_chat_template, render_completion, render_prompt
 from plop_core.train.rewards import extract_final_number, numbers_match
 
-METRICS = ("nll", "exact_match", "multiple_choice")
 HIGHER_IS_BETTER = {"nll": False, "exact_match": True, "multiple_choice": True}
 
 

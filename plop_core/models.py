@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from plop_core import assets
-from plop_core.atomic import atomic_write_text
 from plop_core.config import ModelSpec
-from plop_core.env import hub_offline, plop_home
+from plop_core.env import hub_offline
+from plop_core.weights import (  # noqa: F401  (re-exported: the digest a model's identity records)
+    check_safetensors,
+    verify_asset_weights,
+    weight_files,
+    weights_sha256,
+)
 
 TASKS = ("causal-lm", "auto", "encoder")
 ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra",
@@ -69,98 +74,6 @@ def identity_key(identity: ModelIdentity | dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------- weight digests
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-
-
-def _file_key(f: Path) -> list:
-    st = f.stat()
-    return [f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-
-
-def weights_sha256(folder: str | Path, cache: bool = True, known: str | None = None) -> str:
-    """sha256 of a model folder's safetensors files: the file's own sha256 when there is one file, else
-    the sha256 of the sorted 'name sha256' lines. Cached in PLOP_HOME/hashes by each file's (name, inode,
-    size, mtime_ns, ctime_ns): any write to a file changes its ctime, so the digest follows the content.
-    `known`: a digest just computed elsewhere (e.g. before a rename); stored without hashing again."""
-    folder = Path(folder).resolve()
-    files = _weight_files(folder)
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weight files in {folder}")
-    stats = [_file_key(f) for f in files]
-    side = plop_home() / "hashes" / (hashlib.sha256(str(folder).encode()).hexdigest()[:24] + ".json")
-    if cache and known is None:
-        try:
-            rec = json.loads(side.read_text())
-            if rec["stats"] == stats:
-                return rec["sha256"]
-        except (OSError, ValueError, KeyError):
-            pass
-    per = [] if known else [assets.sha256_file(f) for f in files]
-    if known:
-        digest = known
-    elif len(files) == 1:
-        digest = per[0]
-    else:
-        digest = hashlib.sha256("".join(f"{f.name} {h}\n" for f, h in zip(files, per)).encode()).hexdigest()
-    if cache:
-        atomic_write_text(side, json.dumps({"path": str(folder), "stats": stats, "sha256": digest}))
-    return digest
-
-
-def _repair_hint(folder: Path) -> str:
-    name = folder.name if (folder / "plop_asset.json").exists() else None
-    if name:
-        return (f"check it with `plop assets verify {name}` and rebuild it with `plop assets fetch {name} --force`")
-    return "restore the folder from its source, or save the model again with save_pretrained"
-
-
-def check_safetensors(path: str | Path) -> None:
-    """Fail with the file and the repair when a safetensors file is truncated or its header is damaged.
-    Reads only the header (8-byte length + JSON), so it costs microseconds, not a load."""
-    from plop_core.assets import ChecksumError
-
-    path = Path(path)
-    size = path.stat().st_size
-    problem = None
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
-        if n < 2 or 8 + n > size:
-            problem = f"its header length ({n} bytes) does not fit the file ({size} bytes): truncated or damaged"
-        else:
-            try:
-                header = json.loads(f.read(n))
-                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, KeyError, TypeError, IndexError):
-                problem = "its header is not valid safetensors JSON: damaged"
-            else:
-                if 8 + n + end != size:
-                    problem = (f"its tensors need {8 + n + end} bytes but the file has {size}: "
-                               f"{'truncated' if size < 8 + n + end else 'damaged'}")
-    if problem:
-        raise ChecksumError(f"weights file {path} is unusable: {problem}; {_repair_hint(path.parent)}")
-
-
-def verify_asset_weights(name: str, folder: str | Path) -> str:
-    """The weights digest of a fetched asset, checked against its manifest (cached by content, see
-    `weights_sha256`); raises ChecksumError saying how to repair when they differ."""
-    from plop_core.assets import ChecksumError
-
-    folder = Path(folder)
-    for f in _weight_files(folder):
-        check_safetensors(f)
-    want = json.loads((folder / "plop_asset.json").read_text()).get("weights_sha256")
-    got = weights_sha256(folder)
-    if want and got != want:
-        raise ChecksumError(f"offline asset {name}: weights sha256 {got[:16]}... differs from its manifest's "
-                            f"{want[:16]}... ({folder} was modified or damaged); {_repair_hint(folder)}")
-    return got
-
-
 # ---------------------------------------------------------------- resolution
 
 
@@ -188,13 +101,13 @@ def _check_local(folder: Path) -> None:
                                 f"config.json.{hint}")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"model folder {folder} has no config.json; pass a folder made by save_pretrained")
-    if not _weight_files(folder):
+    if not weight_files(folder):
         bins = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
         extra = (f" It holds {', '.join(bins[:3])} (pickle): plop loads safetensors only; convert once with "
                  f"`AutoModel.from_pretrained(folder).save_pretrained(new_folder)` in a trusted environment."
                  if bins else "")
         raise FileNotFoundError(f"model folder {folder} has no *.safetensors weights.{extra}")
-    for f in _weight_files(folder):
+    for f in weight_files(folder):
         check_safetensors(f)
 
 
@@ -316,6 +229,6 @@ def _hub_snapshot(mid: str, revision: str | None) -> Path | None:
         cfg = try_to_load_from_cache(mid, "config.json", revision=revision)
     except Exception:
         return None
-    if isinstance(cfg, str) and _weight_files(Path(cfg).parent):
+    if isinstance(cfg, str) and weight_files(Path(cfg).parent):
         return Path(cfg).parent
     return None

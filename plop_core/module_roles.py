@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 
-from plop_core.module_types import FUSED_TYPES, READS_HIDDEN, TYPE_ORDER, WRITES_HIDDEN  # noqa: F401 (re-exported)
+from plop_core.module_types import FUSED_TYPES, READS_HIDDEN, TYPE_ORDER, WRITES_HIDDEN, Part  # noqa: F401 (re-exported)
 
 ATTN_HINTS = {
     "q": {"q_proj", "q", "query", "wq", "q_lin", "to_q", "query_proj"},
@@ -319,8 +319,6 @@ def fused_parts(typ: str, lf: Leaf, dims: ModelDims, owner: nn.Module | None):
 
 
 def _part(t, rows):
-    from plop_core.modules import Part
-
     return Part(t, tuple(int(r) for r in rows))
 
 

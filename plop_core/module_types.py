@@ -7,6 +7,8 @@ these names before any model is loaded, and importing torch (seconds) for a conf
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 FUSED_TYPES = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
 TYPE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
 READS_HIDDEN = {"q", "k", "v", "qkv", "gate", "up", "gate_up"}
@@ -19,3 +21,25 @@ def split_types(text: str) -> list[str]:
     for sep in TYPE_SEPARATORS[1:]:
         text = text.replace(sep, TYPE_SEPARATORS[0])
     return [t.strip() for t in text.split(TYPE_SEPARATORS[0]) if t.strip()]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One canonical part of a fused module: its type and the exact output rows it owns."""
+
+    type: str
+    rows: tuple[int, ...] = field(repr=False)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The rows as half-open [start, stop) runs (compact, JSON-able)."""
+        out: list[list[int]] = []
+        for r in self.rows:
+            if out and out[-1][1] == r:
+                out[-1][1] = r + 1
+            else:
+                out.append([r, r + 1])
+        return [(a, b) for a, b in out]
+
+    @classmethod
+    def from_runs(cls, type: str, runs) -> Part:
+        return cls(type, tuple(i for a, b in runs for i in range(int(a), int(b))))

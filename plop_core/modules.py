@@ -33,6 +33,7 @@ from plop_core.module_roles import (
     TYPE_ORDER,
     Leaf,
     ModelDims,
+    Part,  # re-exported: discovery records carry Parts
     assign_roles,
     check_overrides,
     fused_parts,
@@ -47,28 +48,6 @@ KINDS = ("linear", "conv1d", "fused", "experts", "expert")
 
 __all__ = ["CANONICAL_TYPES", "FUSED_TYPES", "TYPE_ORDER", "ATTN_TYPES", "MLP_TYPES", "KINDS", "Part",
            "Candidate", "Discovery", "discover_candidates", "get_weight"]
-
-
-@dataclass(frozen=True)
-class Part:
-    """One canonical part of a fused module: its type and the exact output rows it owns."""
-
-    type: str
-    rows: tuple[int, ...] = field(repr=False)
-
-    def runs(self) -> list[tuple[int, int]]:
-        """The rows as half-open [start, stop) runs (compact, JSON-able)."""
-        out: list[list[int]] = []
-        for r in self.rows:
-            if out and out[-1][1] == r:
-                out[-1][1] = r + 1
-            else:
-                out.append([r, r + 1])
-        return [(a, b) for a, b in out]
-
-    @classmethod
-    def from_runs(cls, type: str, runs) -> Part:
-        return cls(type, tuple(i for a, b in runs for i in range(int(a), int(b))))
 
 
 @dataclass(frozen=True)

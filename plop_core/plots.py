@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from plop_core.atomic import atomic_path
-
-CANONICAL_ORDER = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down")
+from plop_core.module_types import TYPE_ORDER
 
 
 def _pyplot():
@@ -37,7 +36,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _type_order(types) -> list[str]:
-    known = [t for t in CANONICAL_ORDER if t in set(types)]
+    known = [t for t in TYPE_ORDER if t in set(types)]
     return known + sorted(set(types) - set(known))
 
 

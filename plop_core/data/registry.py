@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from plop_core.config import METRICS
 from plop_core.data.sources import (
     DataSourceError,
     HubSource,
@@ -28,7 +29,6 @@ from plop_core.data.sources import (
     offline_hub_message,
 )
 
-METRICS = ("exact_match", "multiple_choice", "nll", "code_exec")
 SOURCES = ("auto", "offline", "hub", "local")
 CARVED_SPLITS = ("train", "eval")
 
@@ -57,7 +57,7 @@ class TaskSpec:
     name: str
     description: str
     family: str
-    metric: Literal["exact_match", "multiple_choice", "nll", "code_exec"]
+    metric: Literal[METRICS]  # how held-out rows are judged (plop_core.config.METRICS, all implemented)
     prompt_fn: Callable[[dict], str]
     response_fn: Callable[[dict], str]
     reference_fn: Callable[[dict], Any]

@@ -14,6 +14,8 @@ for k, v in {
     os.environ.setdefault(k, v)
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 
+import contextlib  # noqa: E402
+
 import pytest  # noqa: E402
 
 from tests.tiny import save_tiny, tiny_model, tiny_tokenizer  # noqa: E402
@@ -45,3 +47,25 @@ def texts():
         "What is 2 + 2? Answer: 4.",
         "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun, and then more.",
     ]
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """The one Prefect server of the test session: `.ci/test`'s ($PLOP_TEST_PREFECT_API_URL), else a local
+    one on 127.0.0.1 (free port) for the session; the API URL is exported while tests use it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.runtime import local_prefect_server
+
+    url = os.environ.get("PLOP_TEST_PREFECT_API_URL")
+    with (contextlib.nullcontext(url) if url else local_prefect_server()) as api:
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = api
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api}):
+                yield api
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = old

@@ -33,27 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    """The server of `.ci/test` ($PLOP_TEST_PREFECT_API_URL), else a local one on 127.0.0.1 (free port)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.runtime import local_prefect_server
-
-    url = os.environ.get("PLOP_TEST_PREFECT_API_URL")
-    with (contextlib.nullcontext(url) if url else local_prefect_server()) as api:
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = api
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: api}):
-                yield api
-        finally:
-            if old is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = old
-
-
 def _cli(args, env, timeout=180, cwd=ROOT):
     r = subprocess.run(PREFECT + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"prefect {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

@@ -20,35 +20,6 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.runtime import local_prefect_server
-
-    url = os.environ.get("PLOP_TEST_PREFECT_API_URL")
-    with (local_prefect_server() if not url else _given(url)) as api:
-        old = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = api
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            yield api
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
-
-
-class _given:
-    def __init__(self, url):
-        self.url = url
-
-    def __enter__(self):
-        return self.url
-
-    def __exit__(self, *a):
-        return False
-
-
-@pytest.fixture(scope="module")
 def ray_local(prefect_api):
     from flows.runtime import ray_cluster
 

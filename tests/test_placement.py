@@ -32,30 +32,28 @@ from tests.tiny import tiny_model, tiny_tokenizer
 R = 4
 K = 2
 MODULES_PER_LAYER = {"qwen2_moe": {"down": 2}}
-REAL_SCORES = {"llama", "phi3", "gpt2", "mixtral"}  # cells scored with the real score_nfn (analytic)
 TEXTS = ["Natalia sold clips to 48 of her friends in April.", "How many clips did Natalia sell altogether?",
          "def add(a, b): return a + b", "The premise entails the hypothesis and the cat sleeps."]
 
 
-def stub_scores(disc, nfn=None):
-    """Minimal Scores (`.types`, `.discovery`): NFN decreasing along the canonical order."""
-    nfn = nfn or {t: 2.0 - 0.1 * i for i, t in enumerate(disc.types)}
+def given_scores(disc, nfn):
+    """Scores with chosen per-type NFN values (`.types`, `.discovery`): for selection rules on exact inputs
+    (published tables, ties). Every other test scores the model for real."""
     return SimpleNamespace(types=pd.DataFrame({"type": list(nfn), "nfn": list(nfn.values())}), discovery=disc)
 
 
-def scores_for(arch, model):
-    if arch in REAL_SCORES:
-        from plop_core.nfn import score_nfn
+def scores_for(model):
+    """Real scores: score_nfn with the analytic baseline on four short texts (fast, deterministic)."""
+    from plop_core.nfn import score_nfn
 
-        return score_nfn(model, tiny_tokenizer(), TEXTS, estimator="analytic", n_bootstrap=20, progress=False)
-    return stub_scores(discover_candidates(model))
+    return score_nfn(model, tiny_tokenizer(), TEXTS, estimator="analytic", n_bootstrap=20, progress=False)
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lora_lands_on_exactly_the_placement(arch, strategy):
     model = build(arch)
-    scores = scores_for(arch, model) if STRATEGIES[strategy].needs_scores else discover_candidates(model)
+    scores = scores_for(model) if STRATEGIES[strategy].needs_scores else discover_candidates(model)
     placement = select_placement(scores, strategy, k=K, seed=1)
     per_layer = MODULES_PER_LAYER.get(arch, {})
     expected = 2 * sum(per_layer.get(t, 1) for t in placement.types)
@@ -93,13 +91,14 @@ def test_strategy_mapping_on_fused_encoder_and_moe_models():
 
 def test_plop_golden_and_ties():
     disc = discover_candidates(tiny_model("llama"))
-    assert select_placement(stub_scores(disc), "plop", k=3).types == ("gate", "up", "down")
-    assert select_placement(stub_scores(disc), "plop_inverse", k=3).types == ("q", "k", "v")
+    decreasing = {t: 2.0 - 0.1 * i for i, t in enumerate(disc.types)}  # NFN falls along q k v o gate up down
+    assert select_placement(given_scores(disc, decreasing), "plop", k=3).types == ("gate", "up", "down")
+    assert select_placement(given_scores(disc, decreasing), "plop_inverse", k=3).types == ("q", "k", "v")
     paper = {"q": 2.58, "k": 2.63, "gate": 1.40, "up": 1.11, "down": 1.05, "v": 0.97, "o": 0.90}  # Llama-3.2-1B
-    p = select_placement(stub_scores(disc, paper), "plop", k=3)
+    p = select_placement(given_scores(disc, paper), "plop", k=3)
     assert p.types == ("v", "o", "down") and p.nfn == paper and p.k == 3
     ties = {t: 1.0 for t in disc.types}
-    assert select_placement(stub_scores(disc, ties), "plop", k=2).types == ("q", "k")  # canonical order
+    assert select_placement(given_scores(disc, ties), "plop", k=2).types == ("q", "k")  # canonical order
 
 
 def test_random_is_seeded():
@@ -121,14 +120,16 @@ def test_match_rank_budget():
     assert trainable_params(plop, 16) == target == trainable_params(plop.candidates, 16)
     assert match_rank(attn, 1.5 * per) == 1  # a tie goes to the lower rank
     assert match_rank(attn, 10**9, max_rank=64) == 64
-    assert match_rank(attn, target, ranks=[8, 16, 32]) in (8, 16, 32)
+    # target / per = 13312 / 640 = 20.8: of the allowed ranks, 16 is closest; of [1, 2, 64], 2 (18.8 < 43.2)
+    assert target == 13312 and match_rank(attn, target, ranks=[8, 16, 32]) == 16
+    assert match_rank(attn, target, ranks=[1, 2, 64]) == 2
     with pytest.raises(ValueError, match="positive"):
         match_rank(attn, 0)
 
 
 def test_dict_round_trip_is_json():
     for arch in ("gpt_neox", "mixtral"):
-        p = select_placement(stub_scores(discover_candidates(build(arch))), "plop", k=3)
+        p = select_placement(scores_for(build(arch)), "plop", k=3)
         d = json.loads(json.dumps(p.to_dict()))
         back = Placement.from_dict(d)
         assert back == p and back.nfn == p.nfn and d["trainable_params_per_rank"] == p.trainable_params(1)
@@ -158,7 +159,7 @@ def test_match_report_raises_on_missing_and_extra_adapters():
 
 def test_bad_input_errors():
     disc = discover_candidates(tiny_model("llama"))
-    scores = stub_scores(disc)
+    scores = scores_for(tiny_model("llama"))
     with pytest.raises(ValueError, match=r"unknown placement strategy 'best'; known: plop, plop_inverse"):
         select_placement(scores, "best")
     for k in (0, 8, 2.5):

@@ -35,7 +35,9 @@ def test_plop_sweep_embedded_default(tmp_path):
                            "--num-cpus", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # the summary's NFN row of the cell: seven per-type values, and the placement is the three lowest
-    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| tiny-llama | arithmetic |")]
+    rows = {line for line in proc.stdout.splitlines() if line.startswith("| tiny-llama | arithmetic |")}
+    assert len(rows) == 1, rows  # printed by the flow, and echoed by its logger: the same row
+    (row,) = rows
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| model | task |"))
     cols, vals = header.strip("| ").split(" | "), row.strip("| ").split(" | ")
     nfn = {c: float(v) for c, v in zip(cols[2:-1], vals[2:-1])}

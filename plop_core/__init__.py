@@ -17,6 +17,9 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "auto_lora_config": "plop_core.auto",
+    "LoraReport": "plop_core.auto",
+    "write_adapter_config": "plop_core.peft_files",
     "score_nfn": "plop_core.nfn",
     "Scores": "plop_core.nfn",
     "select_placement": "plop_core.placement",

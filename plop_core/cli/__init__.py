@@ -6,6 +6,7 @@ Usage:
     plop tasks list | show NAME
     plop compare --model smollm2-135m-instruct --task gsm8k --arms plop,attn,mlp,all
     plop sweep deploy/sweeps/quickstart.yaml [--set key=value ...]
+    plop config docs > docs/config.md
 
 The library (`plop_core`) never imports Prefect or Ray; only `plop sweep` reaches into `flows/`, lazily.
 """
@@ -18,7 +19,7 @@ import sys
 
 from plop_core.env import setup_offline_env
 
-SUBCOMMANDS = ("score", "assets", "tasks", "compare", "sweep")
+SUBCOMMANDS = ("score", "assets", "tasks", "compare", "sweep", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

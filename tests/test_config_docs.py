@@ -27,7 +27,7 @@ def test_every_field_is_documented_with_a_description():
                 undocumented.append(key)
             assert f"| `{key}` |" in text, key
     assert not undocumented, f"add description= to these fields in plop_core/config.py: {undocumented}"
-    assert "| `finetune.lora.r` | int | `16` | >= 1 | LoRA rank of the reference arm |" in text
+    assert "| `finetune.lora.r` | int | `16` | >= 1 | LoRA rank of the reference (plop) arm |" in text
     assert "| `models[].id` | str | **required** |" in text
     assert "when `finetune` is left out its defaults, except `method: \"none\"`" in text
 

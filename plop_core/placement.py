@@ -141,7 +141,8 @@ class Placement:
         task_type: "auto" takes it from the model the placement was discovered on (CAUSAL_LM, SEQ_CLS,
         FEATURE_EXTRACTION, ...; None if unknown); base_model_name_or_path / revision likewise default to
         the model's. target_style: "list" (exact names), "regex" (one anchored regex), or "auto": a list up
-        to `max_listed` names, else the regex. `kwargs` go to LoraConfig.
+        to `max_listed` names, else the regex. `kwargs` go to LoraConfig. With task_type SEQ_CLS PEFT also
+        trains the classifier head (modules_to_save); `trainable_params` counts the LoRA weights only.
         """
         from peft import LoraConfig
 

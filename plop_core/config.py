@@ -93,7 +93,8 @@ class SelectionConfig(_Strict):
 class LoraRecipe(_Strict):
     r: int = Field(16, ge=1, description="LoRA rank of the reference (plop) arm")
     lora_alpha: int | None = Field(None, description="LoRA alpha; default 2*r as in the paper")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (the paper: 0 for SFT, 0.05 for GRPO); "
+                                "must be 0 when packed MoE experts are placed")
 
 
 class FinetuneConfig(_Strict):
@@ -107,13 +108,16 @@ class FinetuneConfig(_Strict):
         default_factory=lambda: [0], min_length=1, description="training seeds per arm (non-negative, distinct)"
     )
     budget_match: bool = Field(True, description="choose each arm's rank to match the plop arm's trainable params")
-    lora: LoraRecipe = Field(default_factory=LoraRecipe)
+    lora: LoraRecipe = Field(default_factory=LoraRecipe, description="LoRA rank, alpha and dropout of the reference arm")
     train_samples: int = Field(256, ge=1, description="training rows drawn from the task's train split")
-    max_steps: int = Field(50, ge=1)
-    learning_rate: float = Field(4e-4, gt=0)
-    batch_size: int = Field(4, ge=1)
-    max_length: int = Field(512, ge=8)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_steps: int = Field(50, ge=1, description="optimizer steps per training run (short on CPU; the paper: 2 epochs)")
+    learning_rate: float = Field(4e-4, gt=0, description="AdamW learning rate (the paper's SFT: 4e-4)")
+    batch_size: int = Field(4, ge=1, description="per-device training batch (GRPO: rounded up to a multiple of "
+                            "num_generations)")
+    max_length: int = Field(512, ge=8, description="SFT: tokens per training example (prompt + completion), longer "
+                            "ones truncated")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps spent warming up the learning rate "
+                                "(the paper: 0.1)")
     lr_scheduler_type: str = Field("cosine", description="learning-rate schedule (the paper: cosine)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     num_generations: int = Field(4, ge=2, description="GRPO completions per prompt")
@@ -172,7 +176,7 @@ class EvalConfig(_Strict):
     ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of every metric interval")
     n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over rows for nll intervals")
     rel_tol: float = Field(1e-4, ge=0, description="relative tolerance of exact_match numeric comparison")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="rows per forward pass (or generation batch) in evaluation")
 
 
 class ResourcesConfig(_Strict):
@@ -203,16 +207,22 @@ class SweepConfig(_Strict):
     """A sweep: models x tasks, scored, selected, optionally finetuned and evaluated."""
 
     name: str = Field("sweep", description="sweep name (MLflow parent run, Prefect flow-run name)")
-    models: list[ModelSpec] = Field(min_length=1)
+    models: list[ModelSpec] = Field(min_length=1, description="models to score: hub ids, local folders or offline "
+                                    "assets (a bare string is an id)")
     tasks: list[str] = Field(min_length=1, description="task names (`plop tasks list`) or local data files")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="none"))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="how scoring texts are drawn")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="NFN scoring: estimator, batching, "
+                                 "bootstrap")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="which module types get LoRA")
+    finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(method="none"),
+                                     description="prove the placement: LoRA SFT/GRPO arms; off (method none) "
+                                     "unless set")
     finetune_tasks: list[str] | None = Field(None, description="tasks to finetune on; default all tasks")
-    evaluation: EvalConfig = Field(default_factory=EvalConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation of finetuned arms")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="CPUs, GPUs and memory per "
+                                       "cell; Ray or a process pool")
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="where results go: Parquet, MLflow, "
+                                   "PNGs")
 
     @field_validator("models", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from plop_core.module_roles import (
     model_dims,
     override_for,
 )
+from plop_core.peft_facts import base_model_facts
 
 CANONICAL_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
 ATTN_TYPES = ("q", "k", "v", "qkv", "o")
@@ -109,6 +110,7 @@ class Discovery:
     n_layers: int = 0
     dims: ModelDims | None = None
     how: dict[str, str] = field(default_factory=dict)  # candidate name -> how its role was found
+    base_model: dict = field(default_factory=dict)  # PEFT task type, name, revision (peft_facts.base_model_facts)
 
     @property
     def types(self) -> list[str]:
@@ -372,7 +374,7 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
         raise ValueError(f"overrides {unused} matched no linear-like module; keys match a leaf name (q_proj), a "
                          f"block-relative path (self_attn.q_proj) or a regex on the full name "
                          f"(model\\.layers\\.\\d+\\.attn\\.wq)")
-    disc = Discovery(candidates, unmatched, notes, stack_name, len(blocks), dims, how)
+    disc = Discovery(candidates, unmatched, notes, stack_name, len(blocks), dims, how, base_model_facts(model))
     if not candidates:
         seen = [n for n, _ in unmatched][:8]
         why = ("no ModuleList of repeated blocks holding linear layers was found" if not stacks else

@@ -13,10 +13,13 @@ i.e. whole modules: Phi-3/GPT-2/GPT-NeoX have qkv, o, (gate_up | up), down; BERT
   default for Phi-3 / GPT-2 / GPT-NeoX (a fused module cannot be split between adapted and frozen).
 Ties in NFN are broken by canonical type order (q k v qkv o gate up gate_up down).
 
-`Placement.to_lora_config` names modules with ONE anchored regex (PEFT full-matches a string target,
-whereas a list of names is matched by suffix and could over-match, e.g. inside a multimodal wrapper);
-packed MoE experts go to `target_parameters` (full parameter names); Conv1D sets `fan_in_fan_out`.
-`match_report` checks a PEFT model put adapters on exactly the placement's modules.
+`Placement.to_lora_config` sets PEFT's `task_type`, `base_model_name_or_path` and `revision` from the model
+(read by discovery, `peft_facts`) and names the modules exactly: a list of full module names when there
+are at most `max_listed` (64) of them, else one short anchored regex (`name_patterns.names_regex`, layer
+indices folded into exact integer ranges, one branch per type) that PEFT full-matches; packed MoE experts
+go to `target_parameters` (full parameter names); Conv1D sets `fan_in_fan_out`. A list is matched by PEFT
+as whole names or dot-suffixes, so `check_targets` confirms on the model that a config reaches exactly
+the placement's modules, and `match_report` checks a PEFT model put adapters on exactly them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from plop_core.module_types import FUSED_TYPES, TYPE_ORDER
 from plop_core.modules import Candidate, Discovery
+from plop_core.name_patterns import names_regex
 from plop_core.strategies import STRATEGIES
 
 _ORDER = {t: i for i, t in enumerate(TYPE_ORDER)}
@@ -39,7 +43,8 @@ _ORDER = {t: i for i, t in enumerate(TYPE_ORDER)}
 
 @dataclass(frozen=True)
 class Placement:
-    """The chosen types and their exact modules. `nfn`: type-NFN of every placeable type, when known."""
+    """The chosen types and their exact modules. `nfn`: type-NFN of every placeable type, when known;
+    `base_model`: what PEFT stores about the model (task_type, base_model_name_or_path, revision, ...)."""
 
     strategy: str
     types: tuple[str, ...]
@@ -47,6 +52,7 @@ class Placement:
     k: int | None = None
     seed: int | None = None
     nfn: dict[str, float] | None = field(default=None, compare=False)
+    base_model: dict | None = field(default=None, compare=False)
 
     @property
     def target_modules(self) -> tuple[str, ...]:
@@ -63,41 +69,36 @@ class Placement:
         return sum(c.lora_params(r) for c in self.candidates)
 
     def target_regex(self) -> str:
-        """One regex that full-matches exactly `target_modules` (layer indices folded into alternations)."""
-        groups: dict[str, list[str]] = {}
+        """One anchored regex that full-matches exactly `target_modules` (see `name_patterns`)."""
+        return names_regex(self.target_modules)
+
+    def target_patterns(self) -> dict[str, str]:
+        """Per type, an anchored regex full-matching exactly that type's target modules (for humans)."""
+        by_type: dict[str, list[str]] = {}
         for c in self.candidates:
-            if c.param is not None:
-                continue
-            comps = c.name.split(".")
-            slot = next((i for i, s in enumerate(comps) if s == str(c.layer)), None)
-            if slot is None:
-                groups.setdefault(re.escape(c.name), [])
-                continue
-            key = ".".join(comps[:slot]) + "\0" + ".".join(comps[slot + 1:])
-            groups.setdefault(key, []).append(str(c.layer))
-        pats = []
-        for key, layers in groups.items():
-            if "\0" not in key:
-                pats.append(key)
-                continue
-            pre, post = key.split("\0")
-            alt = "|".join(sorted(set(layers), key=int))
-            pats.append(rf"{re.escape(pre)}\.(?:{alt})" + (rf"\.{re.escape(post)}" if post else ""))
-        regex = "(?:" + "|".join(sorted(pats)) + ")"
-        bad = [n for n in self.target_modules if not re.fullmatch(regex, n)]
-        if bad:  # cannot happen by construction; guard the invariant anyway
-            raise RuntimeError(f"target regex misses {bad[:3]}")
-        return regex
+            if c.param is None:
+                by_type.setdefault(c.type, []).append(c.name)
+        return {t: names_regex(names) for t, names in by_type.items()}
 
     def to_lora_config(self, r: int, lora_alpha: int | None = None, lora_dropout: float = 0.0,
-                       task_type: str | None = None, **kwargs):
-        """A `peft.LoraConfig` naming exactly this placement's modules (alpha defaults to 2r)."""
+                       task_type: str | None = "auto", *, base_model_name_or_path: str | None = None,
+                       revision: str | None = None, target_style: str = "auto", max_listed: int = 64, **kwargs):
+        """A `peft.LoraConfig` naming exactly this placement's modules (alpha defaults to 2r).
+
+        task_type: "auto" takes it from the model the placement was discovered on (CAUSAL_LM, SEQ_CLS,
+        FEATURE_EXTRACTION, ...; None if unknown); base_model_name_or_path / revision likewise default to
+        the model's. target_style: "list" (exact names), "regex" (one anchored regex), or "auto": a list up
+        to `max_listed` names, else the regex. `kwargs` go to LoraConfig. With task_type SEQ_CLS PEFT also
+        trains the classifier head (modules_to_save); `trainable_params` counts the LoRA weights only.
+        """
         from peft import LoraConfig
 
         if int(r) < 1:
             raise ValueError(f"LoRA rank r={r} must be >= 1")
         if not self.candidates:
             raise ValueError("placement has no modules; build it with select_placement or placement_from_types")
+        if target_style not in ("auto", "list", "regex"):
+            raise ValueError(f"target_style={target_style!r}: use 'auto', 'list' or 'regex'")
         params = list(self.target_parameters)
         if params and lora_dropout:
             raise ValueError(f"lora_dropout={lora_dropout}: PEFT cannot apply dropout to packed MoE experts "
@@ -106,10 +107,31 @@ class Placement:
         if fan and params:
             raise ValueError("placement mixes Conv1D modules and packed experts; PEFT cannot use fan_in_fan_out "
                              "with target_parameters: place them in two adapters")
+        facts = self.base_model or {}
+        names = list(self.target_modules)
+        as_regex = target_style == "regex" or (target_style == "auto" and len(names) > max_listed)
+        targets = (self.target_regex() if as_regex else names) if names else []
         return LoraConfig(r=int(r), lora_alpha=int(2 * r if lora_alpha is None else lora_alpha),
-                          lora_dropout=lora_dropout, task_type=task_type, fan_in_fan_out=fan,
-                          target_modules=self.target_regex() if self.target_modules else [],
-                          target_parameters=params or None, **kwargs)
+                          lora_dropout=lora_dropout, fan_in_fan_out=fan,
+                          task_type=facts.get("task_type") if task_type == "auto" else task_type,
+                          base_model_name_or_path=base_model_name_or_path or facts.get("base_model_name_or_path"),
+                          revision=revision or facts.get("revision"),
+                          target_modules=targets, target_parameters=params or None, **kwargs)
+
+    def check_targets(self, lora_config, model) -> list[str]:
+        """The module names of `model` that PEFT would adapt with `lora_config` (PEFT's own matching rule);
+        raises ValueError unless they are exactly this placement's target modules."""
+        from peft.tuners.tuners_utils import check_target_module_exists
+
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hit = [n for n, _ in root.named_modules() if n and check_target_module_exists(lora_config, n)]
+        want = set(self.target_modules)
+        extra, missing = sorted(set(hit) - want), sorted(want - set(hit))
+        if missing or extra:
+            raise ValueError(f"LoraConfig.target_modules reaches {len(hit)} modules, the placement has {len(want)}: "
+                             f"missing {missing[:3]}, extra {extra[:3]}; build the config with "
+                             "Placement.to_lora_config(target_style='regex') on the model it was discovered on")
+        return hit
 
     def match_report(self, peft_model, adapter_name: str = "default"):
         """Per-module DataFrame (layer, type, kind, module, adapted, lora_params, in_placement) of a PEFT
@@ -149,7 +171,7 @@ class Placement:
         return {"schema": 1, "strategy": self.strategy, "types": list(self.types), "k": self.k, "seed": self.seed,
                 "nfn": None if self.nfn is None else {t: float(v) for t, v in self.nfn.items()},
                 "target_modules": list(self.target_modules), "target_parameters": list(self.target_parameters),
-                "trainable_params_per_rank": self.trainable_params(1),
+                "trainable_params_per_rank": self.trainable_params(1), "base_model": self.base_model,
                 "candidates": [c.to_dict() for c in self.candidates]}
 
     @classmethod
@@ -158,7 +180,8 @@ class Placement:
             raise ValueError("not a placement dict: expected keys 'strategy', 'types', 'candidates' "
                              "(written by Placement.to_dict)")
         return cls(d.get("strategy", "explicit"), tuple(d["types"]),
-                   tuple(Candidate.from_dict(c) for c in d["candidates"]), d.get("k"), d.get("seed"), d.get("nfn"))
+                   tuple(Candidate.from_dict(c) for c in d["candidates"]), d.get("k"), d.get("seed"), d.get("nfn"),
+                   d.get("base_model"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,7 +258,8 @@ def placement_from_types(discovery: Discovery, types, strategy: str = "explicit"
                              f"whole modules, so place {fused!r} (placeable: {', '.join(placeable)})")
         raise ValueError(f"unknown module type {t!r} for this model; placeable: {', '.join(placeable)}")
     types = sorted(types, key=_ORDER.get)
-    return Placement(strategy, tuple(types), tuple(discovery.for_types(types)), k, seed, nfn)
+    return Placement(strategy, tuple(types), tuple(discovery.for_types(types)), k, seed, nfn,
+                     dict(discovery.base_model) if discovery.base_model else None)
 
 
 def trainable_params(placement, r: int) -> int:

@@ -63,15 +63,22 @@ def test_lora_lands_on_exactly_the_placement(arch, strategy):
         ranked = sorted(nfn, key=lambda t: (nfn[t], TYPE_ORDER.index(t)), reverse=False)
         want = ranked[:K] if strategy == "plop" else sorted(nfn, key=lambda t: (-nfn[t], TYPE_ORDER.index(t)))[:K]
         assert set(placement.types) == set(want)
-    cfg = placement.to_lora_config(r=R)
+    regex = placement.to_lora_config(r=R, target_style="regex")
     if placement.target_modules:  # the regex full-matches exactly the target modules, nothing else
-        hit = {n for n, _ in model.named_modules() if re.fullmatch(cfg.target_modules, n)}
+        hit = {n for n, _ in model.named_modules() if re.fullmatch(regex.target_modules, n)}
         assert hit == set(placement.target_modules)
+        assert set(placement.check_targets(regex, model)) == hit  # PEFT's own matching rule agrees
+    cfg = placement.to_lora_config(r=R)  # a list of exact names here (few modules)
+    if placement.target_modules:
+        assert cfg.target_modules == set(placement.target_modules)
     peft_model = get_peft_model(model, cfg)
     report = placement.match_report(peft_model)
     assert report["adapted"].all() and len(report) == expected and report["in_placement"].all()
     trainable, _ = peft_model.get_nb_trainable_parameters()
-    assert trainable == placement.trainable_params(R) == int(report["lora_params"].sum())
+    # a SEQ_CLS model (BERT here) also trains its classifier head (PEFT's modules_to_save), not LoRA
+    head = sum(p.numel() for n, p in peft_model.named_parameters() if p.requires_grad and "modules_to_save" in n)
+    assert (head > 0) == (cfg.task_type == "SEQ_CLS")
+    assert trainable - head == placement.trainable_params(R) == int(report["lora_params"].sum())
 
 
 def test_strategy_mapping_on_fused_encoder_and_moe_models():

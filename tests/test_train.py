@@ -1,6 +1,7 @@
 """LoRA SFT and GRPO runners on the tiny Llama (saved and loaded by path, like a real model)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -34,6 +35,30 @@ def test_sft_lowers_training_loss(sft_run):
     assert sft_run.tokens_per_s > 0 and sft_run.peak_mem_mb > 0 and sft_run.wall_s > 0
 
 
+# tiny Llama (tests/tiny.py, seed 0) saved by path, ROWS, recipe(): 8 steps, batch 4, lr 1e-2 cosine, warmup 0.1,
+# LoRA r=4 on q_proj/v_proj, seed 0, fp32 on CPU. Regenerate only for a deliberate change of model or recipe.
+GOLDEN_SFT_LOSSES = [6.240464, 6.210138, 6.174217, 6.096303, 6.059630, 6.030982, 6.032464, 6.016924]
+
+
+def test_sft_golden_per_step_curve(sft_run):
+    curve = sft_run.curve()
+    assert [row["step"] for row in curve] == list(range(1, 9))  # one row per logged step (logging_steps=1)
+    assert list(curve[0])[:5] == ["step", "epoch", "loss", "learning_rate", "grad_norm"]
+    assert all(list(row) == list(curve[0]) for row in curve)  # one schema for every row
+    assert [row["loss"] for row in curve] == pytest.approx(GOLDEN_SFT_LOSSES, abs=2e-4)
+    assert [row["epoch"] for row in curve] == [s / 4 for s in range(1, 9)]  # 16 rows / batch 4 = 4 steps/epoch
+    # TRL logs the rate of the step: 0 during the one warmup step, then cosine from the peak to 0 over 7 steps
+    expected_lr = [0.0] + [0.01 * 0.5 * (1 + math.cos(math.pi * i / 7)) for i in range(7)]
+    assert [row["learning_rate"] for row in curve] == pytest.approx(expected_lr, rel=1e-6)
+    assert all(math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0 for row in curve)
+    assert {"entropy", "mean_token_accuracy", "num_tokens"} <= set(curve[0])
+    assert sft_run.losses == [row["loss"] for row in curve]
+    summary = sft_run.train_summary()
+    assert summary["train_loss"] == pytest.approx(sum(sft_run.losses) / 8, rel=1e-6) and summary["step"] == 8
+    record = json.loads(json.dumps(sft_run.to_dict()))
+    assert record["curve"] == curve and "log_history" not in record
+
+
 def test_sft_is_deterministic_for_a_seed(llama_dir, tmp_path):
     a = train_sft(llama_dir, None, ROWS, TARGETS, recipe(max_steps=3), tmp_path / "a", seed=1)
     b = train_sft(llama_dir, None, ROWS, TARGETS, recipe(max_steps=3), tmp_path / "b", seed=1)
@@ -60,6 +85,7 @@ def test_saved_adapter_is_safetensors_and_reloads_with_same_logits(sft_run, llam
     adir = sft_run.adapter_dir
     cfg = json.loads(open(f"{adir}/adapter_config.json").read())
     assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and sorted(cfg["target_modules"]) == TARGETS
+    assert cfg["task_type"] == "CAUSAL_LM" and cfg["base_model_name_or_path"] == str(llama_dir)
     with safe_open(f"{adir}/adapter_model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert keys and all("q_proj" in k or "v_proj" in k for k in keys)
@@ -130,6 +156,11 @@ def test_grpo_two_steps_logs_rewards(llama_dir, tmp_path):
     for i in range(2):
         assert res.rewards[i] == pytest.approx(sum(v[i] for v in res.reward_components.values()), abs=1e-6)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    curve = res.curve()
+    assert [row["step"] for row in curve] == [1, 2]
+    assert {"reward", "reward_std", "rewards/format_reward/mean", "rewards/has_digit/mean"} <= set(curve[0])
+    assert [row["reward"] for row in curve] == res.rewards
+    assert [row["rewards/has_digit/mean"] for row in curve] == res.reward_components["has_digit"]
 
 
 INSTRUCTION = FinetuneConfig().grpo_system_prompt

@@ -6,6 +6,7 @@ Usage:
     plop tasks list | show NAME
     plop compare --model smollm2-135m-instruct --task gsm8k --arms plop,attn,mlp,all
     plop sweep deploy/sweeps/quickstart.yaml [--set key=value ...]   (registered by flows/cli.py)
+    plop config docs > docs/config.md
 
 The library (`plop_core`) never imports Prefect, Ray, `flows` or `tasks`. The `plop` console script is
 `flows.cli:main`, which adds `plop sweep` (Prefect + Ray) to these library commands; `python -m
@@ -21,7 +22,7 @@ import sys
 from plop_core.env import setup_offline_env
 from plop_core.errors import debug_enabled, exit_status, explain
 
-SUBCOMMANDS = ("score", "assets", "tasks", "compare")
+SUBCOMMANDS = ("score", "assets", "tasks", "compare", "config")
 
 
 def build_parser(extra=()) -> argparse.ArgumentParser:

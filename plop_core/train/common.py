@@ -51,12 +51,47 @@ class TrainResult:
     def final_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
 
+    def curve(self, extra: bool = True) -> list[dict]:
+        """One row per logged optimizer step from the trainer's log history, for a `training` table / MLflow.
+
+        Columns: `CURVE_COLUMNS` (step, epoch, loss, learning_rate, grad_norm) always, in that order, then
+        (extra=True) every other numeric value TRL logged, under TRL's own names, sorted: SFT adds
+        entropy, mean_token_accuracy, num_tokens; GRPO adds reward, reward_std, `rewards/<func>/mean|std`,
+        completion lengths, clip ratios. Every row has the same keys (None where a step lacks a value).
+        The end-of-training summary entry (train_runtime, ...) is not a step: see `train_summary`.
+        """
+        steps = [h for h in self.log_history if "step" in h and not _is_summary(h)
+                 and any(k in h for k in ("loss", "reward"))]
+        keys = list(CURVE_COLUMNS)
+        if extra:
+            keys += sorted({k for h in steps for k, v in h.items() if k not in CURVE_COLUMNS and _is_number(v)})
+        return [{k: (int(h[k]) if k == "step" else float(h[k]) if _is_number(h.get(k)) else None) for k in keys}
+                for h in steps]
+
+    def train_summary(self) -> dict:
+        """The trainer's end-of-training entry (train_runtime, train_loss, train_samples_per_second, ...)."""
+        last = next((h for h in reversed(self.log_history) if _is_summary(h)), {})
+        return {k: v for k, v in last.items() if _is_number(v)}
+
     def to_dict(self, with_history: bool = False) -> dict:
+        """JSON-able record; `curve` (the per-step rows) is always in it, the raw log history on request."""
         d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
         if not with_history:
             d.pop("log_history")
         d["first_loss"], d["final_loss"] = self.first_loss, self.final_loss
+        d["curve"], d["train_summary"] = self.curve(), self.train_summary()
         return d
+
+
+CURVE_COLUMNS = ("step", "epoch", "loss", "learning_rate", "grad_norm")
+
+
+def _is_summary(entry: dict) -> bool:
+    return "train_runtime" in entry
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def device_kind() -> str:
@@ -242,7 +277,7 @@ def quiet_trainer(trainer, progress: bool):
 
 
 def curves(log_history: list[dict], key: str) -> list[float]:
-    return [float(h[key]) for h in log_history if key in h and "train_runtime" not in h]
+    return [float(h[key]) for h in log_history if key in h and not _is_summary(h)]
 
 
 class Stopwatch:

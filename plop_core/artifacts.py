@@ -58,8 +58,9 @@ TABLES: dict[str, pa.Schema] = {
         ("strategy", _STR), ("k", _INT), ("types", _STRS), ("target_modules", _STRS), ("n_modules", _INT),
         ("lora_rank", _INT), ("trainable_params", _INT), ("stability", _F64),
     ]),
-    "training": pa.schema([
-        ("arm", _STR), ("seed", _INT), ("step", _INT), ("loss", _F64), ("learning_rate", _F64),
+    "training": pa.schema([  # one row per logged optimizer step (TrainResult.curve); TRL's other numbers follow
+        ("arm", _STR), ("seed", _INT), ("step", _INT), ("epoch", _F64), ("loss", _F64), ("learning_rate", _F64),
+        ("grad_norm", _F64),
     ]),
     "evaluation": pa.schema([
         ("arm", _STR), ("seed", _INT), ("strategy", _STR), ("types", _STRS), ("lora_rank", _INT),

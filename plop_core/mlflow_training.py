@@ -32,16 +32,24 @@ def log_training_to_mlflow(uri: str, run_id: str, train_result, *, prefix: str =
     last step. Artifacts: `training_curve.json` and the adapter folder under `artifact_path`.
     Returns {"n_metrics": ..., "metric_keys": [...], "adapter": artifact path or None}.
     """
+    return log_training_record(uri, run_id, train_result.curve(), train_result.train_summary(),
+                               train_result.adapter_dir, prefix=prefix, artifact_path=artifact_path,
+                               log_adapter=log_adapter)
+
+
+def log_training_record(uri: str, run_id: str, curve: list[dict], summary: dict, adapter_dir, *, prefix: str = "",
+                        artifact_path: str = "adapter", log_adapter: bool = True) -> dict:
+    """The same from a run's record (`curve` rows, `train_summary`, adapter folder): what the sweep's
+    reporting process has, since the TrainResult stayed in the worker that trained."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    curve = train_result.curve()
     if not curve:
         raise ValueError("the TrainResult has no logged steps (empty log_history); train with logging_steps=1 "
                          "(plop_core.train does) before logging to MLflow")
-    adapter = Path(train_result.adapter_dir) if train_result.adapter_dir else None
+    adapter = Path(adapter_dir) if adapter_dir else None
     if log_adapter and (adapter is None or not (adapter / "adapter_config.json").is_file()):
-        raise FileNotFoundError(f"no saved adapter to log (adapter_dir={train_result.adapter_dir!r} has no "
+        raise FileNotFoundError(f"no saved adapter to log (adapter_dir={adapter_dir!r} has no "
                                 "adapter_config.json); pass log_adapter=False to log the curve only")
     client = MlflowClient(tracking_uri=uri)
     client.get_run(run_id)  # fails clearly on an unknown run before anything is logged
@@ -49,8 +57,7 @@ def log_training_to_mlflow(uri: str, run_id: str, train_result, *, prefix: str =
     metrics = [Metric(prefix + k, float(v), now, int(row["step"]))
                for row in curve for k, v in row.items() if k != "step" and v is not None]
     last = int(curve[-1]["step"])
-    metrics += [Metric(prefix + k, float(v), now, last) for k, v in train_result.train_summary().items()
-                if k not in ("step", "epoch")]
+    metrics += [Metric(prefix + k, float(v), now, last) for k, v in summary.items() if k not in ("step", "epoch")]
     for i in range(0, len(metrics), _BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + _BATCH], synchronous=True)
     client.log_dict(run_id, {"columns": list(curve[0]), "rows": curve}, "training_curve.json")

@@ -262,12 +262,6 @@ def placement_from_types(discovery: Discovery, types, strategy: str = "explicit"
                      dict(discovery.base_model) if discovery.base_model else None)
 
 
-def trainable_params(placement, r: int) -> int:
-    """LoRA parameters at rank r of a Placement (or an iterable of Candidates), exactly as PEFT counts them."""
-    cands = placement.candidates if isinstance(placement, Placement) else placement
-    return sum(c.lora_params(r) for c in cands)
-
-
 def match_rank(placement: Placement, target_params: int, max_rank: int = 512, ranks=None) -> int:
     """The LoRA rank whose trainable-parameter count on `placement` is closest to `target_params`.
 

@@ -103,19 +103,6 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
         client_for(uri).log_batch(run_id, metrics=items)
 
 
-def log_curve(uri: str, run_id: str, name: str, values: list[tuple[int, float]]) -> None:
-    """A training curve: (step, value) pairs as one metric history."""
-    import time
-
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    items = [Metric(name, float(v), ts, int(s)) for s, v in values if v is not None and math.isfinite(float(v))]
-    client = client_for(uri)
-    for i in range(0, len(items), 900):
-        client.log_batch(run_id, metrics=items[i:i + 900])
-
-
 def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
     client_for(uri).log_artifact(run_id, str(path), artifact_path)
 
@@ -126,12 +113,6 @@ def log_json(uri: str, run_id: str, obj: Any, name: str) -> None:
         p = Path(d) / name
         p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
         client_for(uri).log_artifact(run_id, str(p))
-
-
-def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    client = client_for(uri)
-    for k, v in tags.items():
-        client.set_tag(run_id, k, str(v))
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:

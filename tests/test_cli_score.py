@@ -20,7 +20,7 @@ def _score(llama_dir, data_file, out, *extra):
                  "--max-length", "32", "--n-bootstrap", "20", "--out", str(out), "--no-progress", *extra])
 
 
-def test_score_writes_tables_placement_and_lora_config(llama_dir, data_file, tmp_path, capsys):
+def test_score_writes_tables_placement_and_adapter_config(llama_dir, data_file, tmp_path, capsys):
     out = tmp_path / "out"
     assert _score(llama_dir, data_file, out, "--k", "2", "--r", "4") == 0
     printed = capsys.readouterr().out
@@ -31,8 +31,11 @@ def test_score_writes_tables_placement_and_lora_config(llama_dir, data_file, tmp
     placement = json.loads((out / "placement.json").read_text())
     lowest = list(types.sort_values("nfn")["type"][:2])
     assert sorted(placement["types"]) == sorted(lowest)
-    cfg = json.loads((out / "lora_config.json").read_text())
-    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8
+    from peft import LoraConfig  # PEFT reads the folder as it is
+
+    cfg = LoraConfig.from_pretrained(str(out))
+    assert cfg.r == 4 and cfg.lora_alpha == 8 and cfg.task_type == "CAUSAL_LM"
+    assert sorted(cfg.target_modules) == sorted(json.loads((out / "placement.json").read_text())["target_modules"])
     assert (out / "nfn_heatmap.png").stat().st_size > 1000
     assert not [p for p in out.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
 

@@ -101,7 +101,7 @@ def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, 
     assert cells["metrics.nfn.q"].notna().all() and cells["metrics.nfn_ci_low.down"].notna().all()
     client = tracking.client_for(uri)
     names = {a.path for a in client.list_artifacts(cells["run_id"].iloc[0])}
-    assert {"nfn_heatmap.png", "placement.json", "lora_config.json", "parquet"} <= names
+    assert {"nfn_heatmap.png", "placement.json", "adapter_config.json", "targets.md", "parquet"} <= names
 
     # Prefect: one task run per cell, read back from the server
     first = _task_runs(man["flow_run_id"], "score tiny-")

@@ -61,7 +61,7 @@ def test_unknown_run_and_missing_adapter_fail_clearly(tmp_path):
                       log_history=[{"loss": 1.0, "learning_rate": 0.1, "grad_norm": 0.5, "epoch": 1.0, "step": 1}])
     with pytest.raises(FileNotFoundError, match="no saved adapter to log"):
         log_training_to_mlflow(f"sqlite:///{tmp_path / 'm.db'}", "nope", res)
-    empty = SimpleNamespace(curve=lambda: [], adapter_dir=None)
+    empty = SimpleNamespace(curve=lambda: [], train_summary=dict, adapter_dir=None)
     with pytest.raises(ValueError, match="no logged steps"):
         log_training_to_mlflow(f"sqlite:///{tmp_path / 'm.db'}", "nope", empty)
     with pytest.raises(MlflowException):

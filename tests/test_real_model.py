@@ -83,12 +83,11 @@ def test_cli_score_on_real_model(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "NFN by module type" in text and "placement (plop)" in text
-    for name in ("modules.parquet", "types.parquet", "placement.json", "lora_config.json", "sample.parquet",
+    for name in ("modules.parquet", "types.parquet", "placement.json", "adapter_config.json", "sample.parquet",
                  "nfn_heatmap.png"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp*"))
     types = pd.read_parquet(out / "types.parquet")
     assert set(types["type"]) == {"q", "k", "v", "o", "gate", "up", "down"}
-    cfg = json.loads((out / "lora_config.json").read_text())
-    assert cfg["r"] == 16 and cfg["lora_alpha"] == 32
-    LoraConfig(**{k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__})
+    cfg = LoraConfig.from_pretrained(str(out))
+    assert cfg.r == 16 and cfg.lora_alpha == 32 and len(cfg.target_modules) == 90

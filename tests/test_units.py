@@ -11,7 +11,7 @@ import pytest
 from plop_core import artifacts
 from plop_core.config import load_sweep_config, task_label
 from plop_core.placement import Placement
-from plop_core.units import Layout, ModelRef, SampleRef, load_done, plan, run_serial
+from plop_core.units import Layout, ModelRef, SampleRef, load_done, plan, run_serial, work
 
 
 def _cfg(root, **over):
@@ -87,6 +87,7 @@ def scored(llama_dir, tmp_path_factory):
     data = root.parent / "apples.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = _cfg(root, name="units", models=[{"id": str(llama_dir), "name": "tiny"}], tasks=["arithmetic", str(data)])
+    work.clear_model_cache()  # earlier tests in this process may hold the same tiny model
     return cfg, run_serial(cfg, track=False, progress=False)
 
 
@@ -117,6 +118,9 @@ def test_placement_json_of_both_layouts_reads_back(scored, llama_dir, tmp_path):
         assert p.to_dict() == d and p.strategy == "plop" and len(p.types) == 3
         if record is not None:
             assert list(p.types) == record.placement["types"] and len(p.target_modules) == record.placement["n_modules"]
+        from peft import LoraConfig  # each cell folder holds the adapter_config.json PEFT loads as it is
+
+        assert sorted(LoraConfig.from_pretrained(str(path.parent)).target_modules) == sorted(p.target_modules)
 
 
 def test_done_rule_and_resume_recompute_only_the_damaged_cell(scored):

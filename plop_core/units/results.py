@@ -99,9 +99,11 @@ def placement_row(placement, strategy: str, k: int, r: int, stability: float | N
                 stability=stability)
 
 
-def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict, lora_config: dict,
-               identity: dict, token_stats: dict, timing: dict) -> CellResult:
-    """Write a scored cell's tables, placement files and heatmap, then its record; returns the record."""
+def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict, model, identity: dict,
+               token_stats: dict, timing: dict) -> CellResult:
+    """Write a scored cell's tables, placement files (placement.json; adapter_config.json and targets.md,
+    which PEFT loads as they are, checked against `model`) and heatmap, then its record."""
+    from plop_core.peft_files import write_adapter_config
     from plop_core.plots import nfn_heatmap
 
     lay, sel = cell.layout, cell.selection
@@ -120,7 +122,8 @@ def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict
     title = f"NFN: {cell.model_name} on {cell.task_name}"
     files["heatmap"] = lay.rel(nfn_heatmap(scores.modules, d / "nfn_heatmap.png", title=title))
     files["placement"] = lay.rel(_json(d / "placement.json", placements[sel.strategy].to_dict()))
-    files["lora_config"] = lay.rel(_json(d / "lora_config.json", lora_config))
+    peft = write_adapter_config(placements[sel.strategy], d, r=cell.r, lora_alpha=cell.lora_alpha, model=model)
+    files.update({name: lay.rel(path) for name, path in peft.items()})
     if arm_placements:
         arm_pl = {a: {str(s): p.to_dict() for s, p in by_seed.items()} for a, by_seed in arm_placements.items()}
         files["arm_placements"] = lay.rel(_json(d / "arm_placements.json", arm_pl))
@@ -194,8 +197,7 @@ def write_experiment(exp: Experiment, base: RunResult | None, arms: list[RunResu
                       train_loss_final=r.train.get("final_loss"), train_seconds=r.train.get("train_s"))
                  for r in allrecs for m in metrics]
     files = {"evaluation": write_table(lay, "evaluation", eval_rows, prov)}
-    train_rows = [dict(arm=r.arm, seed=r.seed, step=step, loss=loss, learning_rate=None)
-                  for r in arms for step, loss in enumerate(r.train.get("losses") or [])]
+    train_rows = [dict(arm=r.arm, seed=r.seed, **row) for r in arms for row in r.train.get("curve") or []]
     if train_rows:
         files["training"] = write_table(lay, "training", train_rows, prov)
     m = metrics[0]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from plop_core import tracking
 from plop_core.config import SweepConfig
+from plop_core.mlflow_training import log_training_record
 from plop_core.units.layout import Layout
 from plop_core.units.records import CellResult, Experiment, ExperimentResult, RunResult
 
@@ -56,7 +57,7 @@ class Tracker:
         for name in ("modules", "types", "parts", "placements"):
             if name in rec.files:
                 tracking.log_artifact(self.uri, run_id, layout.resolve(rec.files[name]), f"parquet/{name}")
-        for name in ("heatmap", "placement", "lora_config"):
+        for name in ("heatmap", "placement", "adapter_config", "targets"):
             if name in rec.files:
                 tracking.log_artifact(self.uri, run_id, layout.resolve(rec.files[name]))
         tracking.end_run(self.uri, run_id)
@@ -82,8 +83,11 @@ class Tracker:
                                                       "peak_mem_mb", "mean_reward")})
             vals["eval_s"] = r.eval_s
             tracking.log_metrics(self.uri, rid, vals)
-            tracking.log_curve(self.uri, rid, "train.loss", list(enumerate(r.train.get("losses") or [])))
-            tracking.log_json(self.uri, rid, r.row(), "run.json")
+            if r.train.get("curve"):  # per-step loss, learning_rate, grad_norm, ... and the adapter (PEFT folder)
+                log_training_record(self.uri, rid, r.train["curve"], r.train.get("train_summary") or {},
+                                    exp.layout.resolve(r.train["adapter_dir"]) if r.train.get("adapter_dir") else None,
+                                    log_adapter=bool(r.train.get("adapter_dir")))
+            tracking.log_json(self.uri, rid, {k: v for k, v in r.row().items() if k != "curve"}, "run.json")
             tracking.end_run(self.uri, rid)
             run_ids.append(rid)
         for name in ("chart", "summary", "evaluation", "training"):

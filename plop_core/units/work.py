@@ -41,6 +41,11 @@ def loaded_model(model):
     return lm
 
 
+def clear_model_cache() -> None:
+    """Forget the models this process holds (frees their memory; the next unit loads again)."""
+    _MODEL_CACHE.clear()
+
+
 def run_unit(unit, work: Callable, **kw) -> Outcome:
     """The done-rule, then the work: a finished unit's record is reused, a failed one is reported."""
     done = results.load_done(unit)
@@ -82,10 +87,8 @@ def score_cell(cell: ScoringCell, progress: bool = False, lm=None):
     placements = {s: select_placement(scores, strategy=s, k=sel.k, seed=sel.seed) for s in cell.strategies}
     arms = list(dict.fromkeys([REFERENCE_ARM, *cell.arms])) if cell.arms else []
     arm_pl = arm_placements(arms, cell.seeds, scores, discovery, sel.k) if arms else {}
-    lora = placements[sel.strategy].to_lora_config(r=cell.r, lora_alpha=cell.lora_alpha)
-    lora_dict = json.loads(json.dumps(lora.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
     timing = {"model_loaded": loaded, "load_seconds": round(load_s, 3), "seconds": round(score_s, 3)}
-    return results.write_cell(cell, scores, placements, arm_pl, lora_dict, lm.identity.to_dict(),
+    return results.write_cell(cell, scores, placements, arm_pl, lm.model, lm.identity.to_dict(),
                               sample.token_stats(lm.tokenizer, sampling.max_length), timing)
 
 
@@ -136,7 +139,7 @@ def train_run(run: FinetuneRun, progress: bool = False):
     train = {"first_loss": d["first_loss"], "final_loss": d["final_loss"], "losses": d["losses"],
              "mean_reward": float(sum(rewards) / len(rewards)) if rewards else None, "steps": d["steps"],
              "tokens_per_s": d["tokens_per_s"], "peak_mem_mb": d["peak_mem_mb"], "train_s": d["wall_s"],
-             "adapter_dir": d["adapter_dir"]}
+             "adapter_dir": d["adapter_dir"], "curve": d["curve"], "train_summary": d["train_summary"]}
     extra = dict(arm=run.arm, seed=run.seed, types=",".join(pl.types), rank=run.rank,
                  n_modules=len(pl.target_modules), trainable_params=d["trainable_params"],
                  target_params=run.target_params)

@@ -153,6 +153,21 @@ def test_benchmark_sweep_finetunes_arms_per_cell(prefect_api, ray_local, sweep_c
     cell = runs[runs["tags.plop.level"] == "cell"]["run_id"].iloc[0]
     arms = runs[runs["tags.plop.level"] == "arm"]
     assert len(arms) == 2 and (arms["tags.mlflow.parentRunId"] == cell).all() and arms["metrics.nll"].notna().all()
+    # the training table: one row per logged optimizer step; each arm's MLflow run has the same curve and
+    # the adapter, which PEFT loads back from MLflow
+    train = pd.read_parquet(f"{cfg['outputs']['root']}/training")
+    assert sorted(train.groupby("arm")["step"].apply(list).to_dict().items()) == [("attn", [1, 2]), ("plop", [1, 2])]
+    client = tracking.client_for(man["mlflow_uri"])
+    for _, run in arms.iterrows():
+        hist = [(m.step, m.value) for m in client.get_metric_history(run["run_id"], "loss")]
+        rows = train[train["arm"] == run["tags.arm"]].sort_values("step")
+        assert hist == list(zip(rows["step"], rows["loss"]))
+    import mlflow
+    from peft import PeftConfig
+
+    adapter = mlflow.artifacts.download_artifacts(run_id=arms["run_id"].iloc[0], artifact_path="adapter",
+                                                  tracking_uri=man["mlflow_uri"])
+    assert PeftConfig.from_pretrained(adapter).r == int(ev.loc[arms["tags.arm"].iloc[0], "lora_rank"])
     states = _task_runs(man["flow_run_id"], "finetune ")
     assert set(states.values()) == {"Completed"} and len(states) == 2
 

@@ -119,10 +119,9 @@ class CellResult(_Record):
     pid: int = 0
 
 
-class FinetuneRun(_Record):
-    """One (arm, seed) of an experiment: train from a fresh base at `rank`, evaluate on the held-out rows."""
+class _ExperimentUnit(_Record):
+    """What the base evaluation and every (arm, seed) of an experiment share."""
 
-    kind: Literal["arm"] = "arm"
     run_name: str
     key: str
     experiment_key: str
@@ -130,48 +129,43 @@ class FinetuneRun(_Record):
     model: ModelRef
     task: str
     task_name: str
+    finetune: FinetuneConfig
+    evaluation: EvalConfig
+    eval_rows: str = Field(description="JSON file of held-out rows, relative to the layout root")
+
+    @property
+    def experiment_dir(self) -> Path:
+        return self.layout.unit_dir("finetune", self.model.name, self.task_name, self.experiment_key)
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "record.json"
+
+
+class FinetuneRun(_ExperimentUnit):
+    """One (arm, seed) of an experiment: train from a fresh base at `rank`, evaluate on the held-out rows."""
+
+    kind: Literal["arm"] = "arm"
     arm: str
     seed: int
     rank: int
     target_params: int
     placement: dict[str, Any] = Field(description="Placement.to_dict() of this arm (and seed, for random)")
-    finetune: FinetuneConfig
-    evaluation: EvalConfig
     train_rows: str = Field(description="JSON file of training rows, relative to the layout root")
-    eval_rows: str = Field(description="JSON file of held-out rows, relative to the layout root")
 
     @property
     def dir(self) -> Path:
-        return self.layout.unit_dir("finetune", self.model.name, self.task_name, self.experiment_key) / "runs" \
-            / f"{safe_arm(self.arm)}_seed{self.seed}"
-
-    @property
-    def record(self) -> Path:
-        return self.dir / "record.json"
+        return self.experiment_dir / "runs" / f"{safe_arm(self.arm)}_seed{self.seed}"
 
 
-class BaseEval(_Record):
+class BaseEval(_ExperimentUnit):
     """The base model (no adapter) on the experiment's held-out rows."""
 
     kind: Literal["base"] = "base"
-    run_name: str
-    key: str
-    experiment_key: str
-    layout: Layout
-    model: ModelRef
-    task: str
-    task_name: str
-    finetune: FinetuneConfig
-    evaluation: EvalConfig
-    eval_rows: str
 
     @property
     def dir(self) -> Path:
-        return self.layout.unit_dir("finetune", self.model.name, self.task_name, self.experiment_key) / "base"
-
-    @property
-    def record(self) -> Path:
-        return self.dir / "record.json"
+        return self.experiment_dir / "base"
 
 
 class RunResult(_Record):

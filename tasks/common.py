@@ -8,9 +8,13 @@ a `Completed` state named `Cached`, so the UI shows exactly what the serial runn
 
 from __future__ import annotations
 
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from plop_core.units import Outcome, load_done
+
+# every plop task: no Prefect cache lookup and no persisted result (a pickle) anywhere, whatever the settings
+NOT_PERSISTED = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 def cached_or(unit, work, **kw):

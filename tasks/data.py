@@ -7,13 +7,14 @@ from prefect import task
 
 from plop_core.config import ModelSpec, SamplingConfig
 from plop_core.units import Layout, ModelRef, SampleRef, plan
+from tasks.common import NOT_PERSISTED
 
 
-@task(name="model-identity", task_run_name="identify {spec.id}", retries=1, retry_delay_seconds=5)
+@task(**NOT_PERSISTED, name="model-identity", task_run_name="identify {spec.id}", retries=1, retry_delay_seconds=5)
 def resolve_model(spec: ModelSpec) -> ModelRef:
     return plan.resolve_model(spec)
 
 
-@task(name="sample", task_run_name="sample {task_name}", retries=1, retry_delay_seconds=5)
+@task(**NOT_PERSISTED, name="sample", task_run_name="sample {task_name}", retries=1, retry_delay_seconds=5)
 def draw_sample(task_name: str, sampling: SamplingConfig, layout: Layout) -> SampleRef:
     return plan.draw_sample(task_name, sampling, layout)

@@ -10,16 +10,16 @@ from __future__ import annotations
 from prefect import task
 
 from plop_core.units import BaseEval, FinetuneRun, work
-from tasks.common import cached_or
+from tasks.common import NOT_PERSISTED, cached_or
 
 
-@task(name="finetune-arm", task_run_name="finetune {run.model.name}/{run.task_name} {run.arm} seed {run.seed}",
+@task(**NOT_PERSISTED, name="finetune-arm", task_run_name="finetune {run.model.name}/{run.task_name} {run.arm} seed {run.seed}",
       retries=1, retry_delay_seconds=5, log_prints=False)
 def train_arm(run: FinetuneRun):
     return cached_or(run, work.train_run)
 
 
-@task(name="evaluate-base", task_run_name="evaluate base {unit.model.name} on {unit.task_name}", retries=1,
+@task(**NOT_PERSISTED, name="evaluate-base", task_run_name="evaluate base {unit.model.name} on {unit.task_name}", retries=1,
       retry_delay_seconds=5, log_prints=False)
 def evaluate_base(unit: BaseEval):
     return cached_or(unit, work.evaluate_base)

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from plop_core.units import Experiment, ExperimentResult, Layout, Outcome, report
 from plop_core.units.track import Tracker
+from tasks.common import NOT_PERSISTED
 
 
 def artifact_key(*parts: str) -> str:
@@ -21,7 +22,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
-@task(name="report-cell", task_run_name="report {o.unit.model.name} on {o.unit.sample.task_name}")
+@task(**NOT_PERSISTED, name="report-cell", task_run_name="report {o.unit.model.name} on {o.unit.sample.task_name}")
 def report_cell(tracker: Tracker, o: Outcome, layout: Layout) -> str:
     """The cell's nested MLflow run and a Prefect table of its per-type NFN. Returns the MLflow run id."""
     rec = o.result
@@ -34,7 +35,7 @@ def report_cell(tracker: Tracker, o: Outcome, layout: Layout) -> str:
     return run_id
 
 
-@task(name="report-experiment", task_run_name="report arms {exp.model_name} on {exp.task_name}")
+@task(**NOT_PERSISTED, name="report-experiment", task_run_name="report arms {exp.model_name} on {exp.task_name}")
 def report_experiment(tracker: Tracker, exp: Experiment, arms: list[Outcome], result: ExperimentResult,
                       cell_run_id: str) -> list[str]:
     """Nested MLflow runs per (arm, seed) and a Prefect table of the experiment's summary."""
@@ -45,6 +46,6 @@ def report_experiment(tracker: Tracker, exp: Experiment, arms: list[Outcome], re
     return run_ids
 
 
-@task(name="report-sweep")
+@task(**NOT_PERSISTED, name="report-sweep")
 def report_sweep(name: str, markdown: str) -> None:
     create_markdown_artifact(key=artifact_key("sweep", name), markdown=markdown, description=f"plop sweep {name}")

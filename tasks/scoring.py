@@ -10,16 +10,16 @@ from __future__ import annotations
 from prefect import task
 
 from plop_core.units import Outcome, ScoringCell, work
-from tasks.common import cached_or, outcome
+from tasks.common import NOT_PERSISTED, cached_or, outcome
 
 
-@task(name="score-cell", task_run_name="score {cell.model.name} on {cell.sample.task_name}", retries=1,
+@task(**NOT_PERSISTED, name="score-cell", task_run_name="score {cell.model.name} on {cell.sample.task_name}", retries=1,
       retry_delay_seconds=5)
 def score_cell(cell: ScoringCell):
     return cached_or(cell, work.score_cell)
 
 
-@task(name="score-model", task_run_name="model {model_name}: {n_tasks} tasks")
+@task(**NOT_PERSISTED, name="score-model", task_run_name="model {model_name}: {n_tasks} tasks")
 def score_model(model_name: str, n_tasks: int, cells: list[ScoringCell]) -> list[Outcome]:
     """Score all cells of one model in this worker; a failed cell is reported, the others still run."""
     return [outcome(cell, score_cell(cell, return_state=True)) for cell in cells]

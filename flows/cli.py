@@ -59,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
 def print_where_to_look(man: dict) -> None:
     from plop_core.tracking import ui_command
+    from plop_core.units.report import shown
 
+    root = shown(man["root"])
     print("\nWhere to look:")
-    print(f"  Parquet dataset : {man['root']}  (e.g. duckdb -c \"select * from "
-          f"read_parquet('{man['root']}/types/**/*.parquet', hive_partitioning=true)\")")
-    print(f"  summary         : {man['summary']}")
+    print(f"  Parquet dataset : {root}  (e.g. duckdb -c \"select * from "
+          f"read_parquet('{root}/types/**/*.parquet', hive_partitioning=true)\")")
+    print(f"  summary         : {shown(man['summary'])}")
     print(f"  MLflow UI       : {ui_command(man['mlflow_uri'])}")
     if man.get("prefect_mode") == "embedded":
         print("  Prefect UI      : prefect server start   (same PREFECT_HOME; the runs are kept in its database)")

@@ -173,6 +173,32 @@ def test_random_arm_is_redrawn_per_seed_identically_in_compare_and_sweep(llama_d
     random_types = a[a.arm == "random"]["types"].tolist()
     assert len(set(random_types)) > 1, random_types  # three seeds, not one fixed draw
     assert (a[a.arm == "plop"]["types"].nunique()) == 1
+    import duckdb  # the experiment's tables, each with its documented glob (docs/pipeline.md)
+
+    root = man["root"]
+    count = lambda glob: duckdb.connect().execute(f"select count(*) from read_parquet('{root}/{glob}', hive_partitioning=true)"
+                                    ).fetchone()[0]  # noqa: E731
+    assert (count("evaluation/**/*.parquet"), count("training/**/*.parquet"),
+            count("finetune/**/summary.parquet")) == (7, 6, 3)  # 2 arms x 3 seeds + base; 1 step each; 3 arms
     # same numbers too: the same units ran on the same rows
     assert runs_cmp.set_index(["arm", "seed"])["nll"].to_dict() == pytest.approx(
         runs_sweep.set_index(["arm", "seed"])["nll"].to_dict())
+
+
+def test_duckdb_reads_each_table_of_the_root_with_its_documented_glob(scored):
+    """docs/pipeline.md lists one glob per table (a glob over the whole root mixes tables with different
+    columns and partition keys): each reads with hive partitioning, without plop."""
+    import duckdb
+
+    cfg, man = scored
+    root = man["root"]
+    con = duckdb.connect()
+    n = {t: con.execute(f"select count(*) from read_parquet('{root}/{t}/**/*.parquet', hive_partitioning=true)")
+         .fetchone()[0] for t in ("modules", "types", "placements", "samples")}
+    assert n == {"modules": 2 * 14, "types": 2 * 7, "placements": 2, "samples": 2 * 8}
+    tasks = con.execute(f"select distinct task from read_parquet('{root}/samples/**/*.parquet', "
+                        "hive_partitioning=true) order by task").fetchall()
+    assert tasks == [("apples",), ("arithmetic",)]
+    v = con.execute(f"select model, task, nfn from read_parquet('{root}/types/**/*.parquet', hive_partitioning=true) "
+                    "where type = 'v' order by task").fetchall()
+    assert [(m, t) for m, t, _ in v] == [("tiny", "apples"), ("tiny", "arithmetic")]

@@ -6,6 +6,8 @@ Prefect flow print and write the same summary; the flow also publishes it as a P
 
 from __future__ import annotations
 
+import os
+
 from plop_core import artifacts
 from plop_core.config import SweepConfig
 from plop_core.tracking import ui_command
@@ -52,7 +54,7 @@ def type_rows(rec) -> list[dict]:
 def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids: dict[str, str], uri: str,
                      experiments: list[ExperimentResult] = ()) -> str:
     cells = [o for o in outcomes if o.unit.kind == "cell"]
-    lines = [f"# plop sweep `{cfg.name}`", "", f"Results root: `{layout.root}`  ",
+    lines = [f"# plop sweep `{cfg.name}`", "", f"Results root: `{shown(layout.root)}`  ",
              f"MLflow: `{uri}` (experiment `{cfg.outputs.experiment}`); UI: `{ui_command(uri)}`", ""]
     table = nfn_rows(cells)
     if table:
@@ -69,6 +71,12 @@ def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], 
     if failed:
         lines += ["", "## Failed units", ""] + [f"- {describe(o.unit)}: {o.error}" for o in failed]
     return "\n".join(lines) + "\n"
+
+
+def shown(path: str) -> str:
+    """A path as people read it: relative to the working directory when it lies below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def describe(unit) -> str:

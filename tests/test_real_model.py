@@ -8,7 +8,6 @@ moves them by far more). The ordering v < up < down < o < gate < q < k matches w
 for Qwen3/Gemma3-style models (v well below 1).
 """
 
-import json
 
 import pytest
 

@@ -176,8 +176,10 @@ def test_random_arm_is_redrawn_per_seed_identically_in_compare_and_sweep(llama_d
     import duckdb  # the experiment's tables, each with its documented glob (docs/pipeline.md)
 
     root = man["root"]
-    count = lambda glob: duckdb.connect().execute(f"select count(*) from read_parquet('{root}/{glob}', hive_partitioning=true)"
-                                    ).fetchone()[0]  # noqa: E731
+    def count(glob):
+        sql = f"select count(*) from read_parquet('{root}/{glob}', hive_partitioning=true)"
+        return duckdb.connect().execute(sql).fetchone()[0]
+
     assert (count("evaluation/**/*.parquet"), count("training/**/*.parquet"),
             count("finetune/**/summary.parquet")) == (7, 6, 3)  # 2 arms x 3 seeds + base; 1 step each; 3 arms
     # same numbers too: the same units ran on the same rows

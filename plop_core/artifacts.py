@@ -32,8 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from plop_core.atomic import atomic_path, atomic_write_text  # noqa: F401  (re-exported)
+from plop_core.runtime_info import runtime
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: runtime provenance columns (hostname ... versions)
 
 _STR, _INT, _F64 = pa.string(), pa.int64(), pa.float64()
 _STRS = pa.list_(pa.string())
@@ -75,6 +76,9 @@ PROVENANCE_SCHEMA = pa.schema([
     ("sample_hash", _STR), ("sample_seed", _INT), ("n_samples", _INT), ("estimator", _STR),
     ("scorer_seed", _INT), ("config_hash", _STR), ("code_version", _STR),
     ("created_at", pa.timestamp("us", tz="UTC")),
+    # where and with what (plop_core.runtime_info): host, process, Ray node, Prefect runs, versions (JSON)
+    ("hostname", _STR), ("worker_pid", _INT), ("ray_node_id", _STR), ("flow_run_id", _STR), ("task_run_id", _STR),
+    ("versions", _STR),
 ])
 
 
@@ -96,10 +100,12 @@ class Provenance:
     config_hash: str
     code_version: str = field(default_factory=lambda: code_version())
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    runtime: dict[str, Any] = field(default_factory=runtime)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["created_at"] = self.created_at.isoformat()
+        d.update(d.pop("runtime"))
         return d
 
 
@@ -143,8 +149,12 @@ def cell_path(root: str | Path, table: str, model: str, task: str, cell_key: str
             / f"{safe_label(cell_key)}.parquet")
 
 
+# Tables whose columns follow the experiment (one per metric): written with provenance, schema not declared.
+UNDECLARED_TABLES = ("summary", "runs")
+
+
 def _check_table(table: str) -> None:
-    if table not in TABLES:
+    if table not in TABLES and table not in UNDECLARED_TABLES:
         raise ValueError(f"unknown results table {table!r}; use one of {sorted(TABLES)}")
 
 
@@ -178,7 +188,7 @@ def to_arrow(rows: Any, table: str, provenance: Provenance) -> pa.Table:
     import pandas as pd
 
     _check_table(table)
-    schema = TABLES[table]
+    schema = TABLES.get(table, pa.schema([]))  # undeclared tables: every column kept as it is
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     missing = [n for n in schema.names if n not in df.columns]
     if missing:

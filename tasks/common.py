@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from plop_core.runtime_info import running_in
 from plop_core.units import Outcome, load_done
 
 # every plop task: no Prefect cache lookup and no persisted result (a pickle) anywhere, whatever the settings
@@ -22,7 +23,20 @@ def cached_or(unit, work, **kw):
     done = load_done(unit)
     if done is not None:
         return Completed(name="Cached", data=done, message="done: record and its files present")
-    return work(unit, **kw)
+    with running_in(**orchestrator_ids()):  # stamped into the unit's Parquet rows and records
+        return work(unit, **kw)
+
+
+def orchestrator_ids() -> dict[str, str | None]:
+    """This task run's Prefect flow-run and task-run ids and, on a Ray worker, its Ray node id."""
+    from prefect.runtime import flow_run, task_run
+
+    ids = {"flow_run_id": flow_run.id, "task_run_id": task_run.id, "ray_node_id": None}
+    import ray
+
+    if ray.is_initialized():
+        ids["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return ids
 
 
 def outcome(unit, state) -> Outcome:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from prefect import task
 
 from plop_core.config import ModelSpec, SamplingConfig
+from plop_core.runtime_info import running_in
 from plop_core.units import Layout, ModelRef, SampleRef, plan
-from tasks.common import NOT_PERSISTED
+from tasks.common import NOT_PERSISTED, orchestrator_ids
 
 
 @task(**NOT_PERSISTED, name="model-identity", task_run_name="identify {spec.id}", retries=1, retry_delay_seconds=5)
@@ -17,4 +18,5 @@ def resolve_model(spec: ModelSpec) -> ModelRef:
 
 @task(**NOT_PERSISTED, name="sample", task_run_name="sample {task_name}", retries=1, retry_delay_seconds=5)
 def draw_sample(task_name: str, sampling: SamplingConfig, layout: Layout) -> SampleRef:
-    return plan.draw_sample(task_name, sampling, layout)
+    with running_in(**orchestrator_ids()):  # the sample's Parquet rows record where they were drawn
+        return plan.draw_sample(task_name, sampling, layout)

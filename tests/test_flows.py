@@ -89,6 +89,15 @@ def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, 
         assert (df["schema_version"] == artifacts.SCHEMA_VERSION).all()
     types = pd.read_parquet(f"{root}/types")
     assert len(types) == 4 * 7 and types["sample_hash"].nunique() == 2 and types["model_identity"].nunique() == 2
+    # where and with what: the Ray node, the worker process, this flow run, a task run per cell, the versions
+    import ray
+
+    assert set(types["ray_node_id"]) == {n["NodeID"] for n in ray.nodes()}
+    assert (types["flow_run_id"] == man["flow_run_id"]).all() and types["task_run_id"].nunique() == 4
+    assert types["worker_pid"].ne(os.getpid()).all() and types["hostname"].notna().all()
+    assert json.loads(types["versions"].iloc[0])["torch"].startswith("2.13")
+    samples = pd.read_parquet(f"{root}/samples")
+    assert (samples["flow_run_id"] == man["flow_run_id"]).all() and samples["task_run_id"].nunique() == 2
 
     # MLflow: parent run per sweep, a nested run per cell with tags, metrics and artifacts
     uri = man["mlflow_uri"]
@@ -99,6 +108,8 @@ def test_scoring_sweep_end_to_end_then_cache_and_resume(prefect_api, ray_local, 
     assert (cells["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     assert set(cells["tags.task"]) == {"arithmetic", "apples"} and cells["tags.placement"].str.count(",").eq(2).all()
     assert cells["metrics.nfn.q"].notna().all() and cells["metrics.nfn_ci_low.down"].notna().all()
+    assert (cells["tags.plop.flow_run_id"] == man["flow_run_id"]).all() and cells["tags.plop.ray_node_id"].notna().all()
+    assert cells["tags.version.transformers"].notna().all() and parent["tags.plop.hostname"].notna().all()
     client = tracking.client_for(uri)
     names = {a.path for a in client.list_artifacts(cells["run_id"].iloc[0])}
     assert {"nfn_heatmap.png", "placement.json", "adapter_config.json", "targets.md", "parquet"} <= names

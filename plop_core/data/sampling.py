@@ -19,6 +19,7 @@ from typing import Any
 
 from plop_core.atomic import atomic_path
 from plop_core.data.registry import TaskSpec
+from plop_core.runtime_info import runtime
 
 PARQUET_META_KEY = b"plop.sample"
 
@@ -77,7 +78,8 @@ class Sample:
         return stats
 
     def to_parquet(self, path: str | Path) -> Path:
-        """Write rows (id, text, category, row_json) atomically; metadata in the schema under b'plop.sample'."""
+        """Write rows (id, text, category, row_json; sample_hash and the runtime provenance columns) atomically;
+        metadata in the schema under b'plop.sample'."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -90,6 +92,10 @@ class Sample:
             "row_json": pa.array([json.dumps({k: v for k, v in r.items() if k != "_category"},
                                              sort_keys=True, ensure_ascii=False, default=str)
                                   for r in self.rows], pa.string()),
+            "sample_hash": pa.array([self.sample_hash] * len(self.rows), pa.string()),
+            # where and with what it was drawn (host, process, orchestrator ids, versions): plop_core.runtime_info
+            **{k: pa.array([v] * len(self.rows), pa.int64() if k == "worker_pid" else pa.string())
+               for k, v in runtime().items()},
         })
         meta = dict(self.meta, sample_hash=self.sample_hash)
         table = table.replace_schema_metadata({PARQUET_META_KEY: json.dumps(meta, sort_keys=True).encode()})

@@ -116,7 +116,7 @@ class CellResult(_Record):
     model_loaded: bool = False
     load_seconds: float = 0.0
     seconds: float = 0.0
-    pid: int = 0
+    runtime: dict[str, Any] = Field(default_factory=dict, description="host, pid, Ray node, Prefect runs, versions")
 
 
 class _ExperimentUnit(_Record):
@@ -185,12 +185,14 @@ class RunResult(_Record):
     train: dict[str, Any] = Field(default_factory=dict, description="first/final loss, losses, steps, seconds, ...")
     files: dict[str, str] = Field(default_factory=dict)
     eval_s: float = 0.0
+    runtime: dict[str, Any] = Field(default_factory=dict, description="host, pid, Ray node, Prefect runs, versions")
 
     def row(self) -> dict[str, Any]:
         """One flat row (runs table, `plop_core.comparison.summarize`)."""
+        train = {k: v for k, v in self.train.items() if k not in ("curve", "train_summary")}  # the training table
         return {"arm": self.arm, "seed": self.seed, "types": self.types, "rank": self.rank,
                 "n_modules": self.n_modules, "trainable_params": self.trainable_params,
-                "target_params": self.target_params, **self.metrics, **self.train, "eval_s": self.eval_s}
+                "target_params": self.target_params, **self.metrics, **train, "eval_s": self.eval_s}
 
 
 class Experiment(_Record):

@@ -15,13 +15,13 @@ show the same decision as a `Cached` state; there is no second cache.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from plop_core import artifacts
+from plop_core.runtime_info import runtime
 from plop_core.units.layout import Layout
 from plop_core.units.records import (
     BaseEval,
@@ -138,7 +138,7 @@ def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict
         types=json.loads(types.to_json(orient="records")),
         placement={k: v for k, v in chosen.items() if k != "target_modules"},
         placements={r["strategy"]: r["types"] for r in rows}, files=files, meta=_scalars(scores.meta),
-        token_stats=_scalars(token_stats), pid=os.getpid(), **timing)
+        token_stats=_scalars(token_stats), runtime=prov.runtime, **timing)
     return write_record(cell, result)
 
 
@@ -171,7 +171,7 @@ def write_run(unit: FinetuneRun | BaseEval, train: dict, evaluation, extra: dict
         train = {**train, "adapter_dir": unit.layout.rel(adir)}
     result = RunResult(kind=unit.kind, key=unit.key, metrics=evaluation.flat(), eval_s=evaluation.wall_s,
                        per_row={m: r.per_row for m, r in evaluation.metrics.items()}, train=train, files=files,
-                       **extra)
+                       runtime=runtime(), **extra)
     return write_record(unit, result)
 
 
@@ -205,8 +205,8 @@ def write_experiment(exp: Experiment, base: RunResult | None, arms: list[RunResu
                            "ci_high": r.metrics.get(f"{m}_high")} for r in allrecs])
     files["chart"] = lay.rel(comparison_chart(chart, exp.dir / f"comparison_{m}.png", metric=m,
                                               title=f"{exp.model_name} on {exp.task_name}: {m} by arm"))
-    files["summary"] = lay.rel(artifacts.write_parquet_atomic(summary, exp.dir / "summary.parquet"))
-    files["runs"] = lay.rel(artifacts.write_parquet_atomic(runs, exp.dir / "runs.parquet"))
+    for name, df in (("summary", summary), ("runs", runs)):  # with the provenance columns, like every table
+        files[name] = lay.rel(artifacts.write_parquet_atomic(artifacts.to_arrow(df, name, prov), exp.dir / f"{name}.parquet"))
     result = ExperimentResult(key=exp.key, model_name=exp.model_name, task_name=exp.task_name, metric=m,
                               reference_params=exp.reference_params,
                               summary=json.loads(summary.to_json(orient="records")), files=files)

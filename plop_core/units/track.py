@@ -13,8 +13,19 @@ from dataclasses import dataclass
 from plop_core import tracking
 from plop_core.config import SweepConfig
 from plop_core.mlflow_training import log_training_record
+from plop_core.runtime_info import runtime
 from plop_core.units.layout import Layout
 from plop_core.units.records import CellResult, Experiment, ExperimentResult, RunResult
+
+
+def runtime_tags(where: dict) -> dict[str, str]:
+    """MLflow tags of where a unit ran: `plop.hostname`, `plop.worker_pid`, `plop.ray_node_id`,
+    `plop.flow_run_id`, `plop.task_run_id` and `version.<package>` (empty values left out)."""
+    import json
+
+    tags = {f"plop.{k}": str(v) for k, v in where.items() if k != "versions" and v not in (None, "")}
+    tags.update({f"version.{k}": v for k, v in json.loads(where.get("versions") or "{}").items() if v})
+    return tags
 
 
 @dataclass
@@ -31,7 +42,8 @@ class Tracker:
         exp_id = tracking.ensure_experiment(uri, cfg.outputs.experiment, root)
         cfg_dict = cfg.model_dump(mode="json")
         parent = tracking.start_run(uri, exp_id, cfg.name, params=tracking.flatten(cfg_dict),
-                                    tags={"plop.level": "sweep", "plop.flow": flow, "plop.sweep": cfg.name})
+                                    tags={"plop.level": "sweep", "plop.flow": flow, "plop.sweep": cfg.name,
+                                          **runtime_tags(runtime())})
         return cls(uri, exp_id, parent)
 
     def end(self, status: str = "FINISHED") -> None:
@@ -48,7 +60,7 @@ class Tracker:
                     **{f"meta.{k}": v for k, v in rec.meta.items()}},
             tags={"plop.level": "cell", "model": rec.model_name, "task": rec.task_name,
                   "placement": ",".join(placement["types"]), "strategy": placement["strategy"],
-                  "plop.cached": str(cached).lower(), "plop.cell_key": rec.key})
+                  "plop.cached": str(cached).lower(), "plop.cell_key": rec.key, **runtime_tags(rec.runtime)})
         metrics = {f"{col}.{t['type']}": t.get(col) for t in rec.types
                    for col in ("nfn", "nfn_ci_low", "nfn_ci_high", "layer_min", "layer_max", "layer_std")}
         metrics["selection_stability"] = placement.get("stability")
@@ -77,7 +89,7 @@ class Tracker:
                         "trainable_params": r.trainable_params, "target_params": r.target_params,
                         "n_modules": r.n_modules, "finetune": ft, "run_key": r.key},
                 tags={"plop.level": "arm", "model": exp.model_name, "task": exp.task_name, "arm": r.arm,
-                      "placement": r.types})
+                      "placement": r.types, **runtime_tags(r.runtime)})
             vals = {k: r.metrics.get(k) for m in metrics for k in (m, f"{m}_low", f"{m}_high")}
             vals.update({k: r.train.get(k) for k in ("first_loss", "final_loss", "train_s", "tokens_per_s",
                                                       "peak_mem_mb", "mean_reward")})

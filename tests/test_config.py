@@ -1,6 +1,8 @@
 """The one config schema: YAML + overrides, readable validation errors, stable hashes."""
 
 
+from pathlib import Path
+
 import pytest
 
 from plop_core.config import ConfigError, SweepConfig, apply_overrides, config_hash, load_sweep_config
@@ -65,3 +67,11 @@ def test_config_hash_is_stable_and_sensitive():
     b = SweepConfig.model_validate(BASE)
     assert config_hash(a.scorer) == config_hash(b.scorer)
     assert config_hash(a.scorer) != config_hash(a.scorer.model_copy(update={"n_probe": 256}))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("deploy/sweeps/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_configs_validate_and_are_named_after_their_file(path):
+    """A committed sweep validates, and its `name` is its file stem (its summary lands in sweeps/<stem>/)."""
+    cfg = load_sweep_config(path)
+    assert cfg.name == path.stem

@@ -269,9 +269,11 @@ def disk_bytes(device_map: dict, model) -> int:
 def check_offload_folder(folder: str | os.PathLike, need_bytes: int) -> Path:
     """The offload folder must be creatable, writable and have room for what may be written there."""
     path = Path(folder).expanduser()
+    probe = None
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".plop-write-test-") as f:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".plop-write-test-")
+        with os.fdopen(fd, "wb") as f:
             f.write(b"\0" * 4096)
             f.flush()
             os.fsync(f.fileno())
@@ -280,6 +282,9 @@ def check_offload_folder(folder: str | os.PathLike, need_bytes: int) -> Path:
                errno.EPERM: "is not writable", errno.ENOSPC: "is on a full disk"}.get(e.errno, f"failed: {e.strerror}")
         raise ValueError(f"offload folder {path} {why}; pass --offload-folder on a writable disk with at least "
                          f"{human(need_bytes)} free") from None
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.unlink(probe)
     free = shutil.disk_usage(path).free
     if free < need_bytes:
         raise ValueError(f"offload folder {path} has {human(free)} free but up to {human(need_bytes)} of offloaded "

@@ -255,7 +255,7 @@ def plan_loading(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str |
     if device_map is None or device_map in ("cpu", "mps") or device_map.startswith("cuda"):
         dev = device_map or device or ("cuda" if torch.cuda.is_available() else "cpu")
         return LoadPlan(None, dev, max_memory, offload_folder, total, largest)
-    act = offload.activation_bytes(config, batch_size, max_length)
+    act = offload.activation_bytes(config, batch_size, max_length, (torch_dtype or torch.float32).itemsize)
     exec_key = next((k for k in (max_memory or {}) if k not in ("cpu", "disk")), None)
     if exec_key is None and torch.cuda.is_available() and not max_memory:
         exec_key = 0

@@ -200,15 +200,18 @@ def layer_sizes(model: torch.nn.Module) -> dict[str, int]:
     return sizes
 
 
-def activation_bytes(config, batch_size: int, max_length: int) -> int:
-    """Rough activation peak of one forward under no_grad (fp32 worst case): a few hidden-size and one
-    intermediate-size tensor per token, plus one attention score matrix per head."""
+def activation_bytes(config, batch_size: int, max_length: int, itemsize: int = 4) -> int:
+    """Rough activation peak of one forward under no_grad, in the model's dtype (`itemsize` bytes): a few
+    hidden-size and three intermediate-size tensors per token, one fp32 attention score matrix per head,
+    and the scorer's fp32 per-token norm buffers."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(cfg, "hidden_size", 1024)
     inter = getattr(cfg, "intermediate_size", None) or 4 * hidden
     heads = getattr(cfg, "num_attention_heads", 16)
+    layers = getattr(cfg, "num_hidden_layers", 1) or 1
     tokens = batch_size * max_length
-    return int(4 * tokens * (6 * hidden + 3 * inter) + 4 * batch_size * heads * max_length ** 2)
+    return int(itemsize * tokens * (6 * hidden + 3 * inter) + 4 * batch_size * heads * max_length ** 2
+               + 4 * tokens * 2 * 8 * layers)
 
 
 def check_budget(model, max_memory: dict | None, device: str, act_bytes: int) -> None:

@@ -50,7 +50,7 @@ def _budget(folder, blocks: float) -> int:
 
     from plop_core.offload import activation_bytes
 
-    act = activation_bytes(AutoConfig.from_pretrained(folder), FAST["batch_size"], FAST["max_length"])
+    act = activation_bytes(AutoConfig.from_pretrained(folder), FAST["batch_size"], FAST["max_length"], 4)
     return int(plan.largest_layer[1] * (1 + blocks) + act + 1024)
 
 

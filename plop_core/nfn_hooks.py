@@ -151,6 +151,7 @@ class HookCollector:
             n = len(self.dpos)
             self.ynorm = torch.empty(n, *mask.shape, dtype=torch.float32, device=mask.device)
             self.znorm = torch.empty(max(n, 1), *mask.shape, dtype=torch.float32, device=mask.device)
+            self.yrows, self.zrows = list(self.ynorm.unbind(0)), list(self.znorm.unbind(0))  # views made once
         # experts and reference hooks add into `stats` during the forward: keep what to restore on OOM
         self.snapshot = (self.stats[:, :, offset:offset + mask.shape[0]].clone(), dict(self.expert_pairs))
         self.calls = [0] * len(self.dpos)
@@ -213,6 +214,11 @@ class HookCollector:
     # ---- dense modules (linear, conv1d, fused) --------------------------------------------------------
     def _linear_hook(self, name: str, units: list[Unit]):
         cand = units[0].cand
+        plan = [(self.dpos[u.index], u.rows) for u in units]  # (buffer row, output rows) per unit, fixed
+        mod0, _ = module_of(self.model, cand)
+        biased = isinstance(getattr(mod0, "bias", None), torch.Tensor)
+        norm = torch.linalg.vector_norm
+        f32 = torch.float32
 
         def hook(mod, args, kwargs, out):
             x0 = args[0] if args else next(iter(kwargs.values()))
@@ -226,23 +232,23 @@ class HookCollector:
                                    "tokens only cannot be scored per sequence; score the packed experts instead")
             if x0 is not self.last_input:  # q/k/v (gate/up) receive the same tensor: one input norm for all
                 self.last_input, self.last_slot = x0, self.n_slots
-                torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32, out=self.znorm[self.n_slots])
+                norm(x, dim=-1, dtype=f32, out=self.zrows[self.n_slots])
                 self.n_slots += 1
             k = self.last_slot
-            yb = _bias_free(mod, cand, x, y)
-            for u in units:
-                i = self.dpos[u.index]
-                if self.calls[i] == 0:
-                    torch.linalg.vector_norm(_take(yb, u.rows), dim=-1, dtype=torch.float32, out=self.ynorm[i])
+            yb = _bias_free(mod, cand, x, y) if biased else y
+            calls = self.calls
+            for i, rows in plan:
+                if calls[i] == 0:
+                    norm(y if rows is None and not biased else _take(yb, rows), dim=-1, dtype=f32, out=self.yrows[i])
                     self.slot[i] = k
                 else:  # a second call in the same forward: fold it now, counted per call in end_batch
-                    a = _norm(_take(yb, u.rows)) / self.znorm[k].clamp_min(_TINY)
+                    a = _norm(_take(yb, rows)) / self.znorm[k].clamp_min(_TINY)
                     a = torch.where(self.mask, a, 0.0).sum(1).to(self.stats.dtype)
                     if self.extra is None:
                         self.extra = torch.zeros(len(self.dpos), mask.shape[0], dtype=self.stats.dtype,
                                                  device=a.device)
                     self.extra[i] += a
-                self.calls[i] += 1
+                calls[i] += 1
             if self.reference:
                 self._reference_dense(name, mod, cand, x, units)
         return hook

@@ -199,6 +199,7 @@ class LoadPlan:
     model_bytes: int
     largest_layer: tuple[str, int]
     disk_bytes: int = 0
+    placement: str = ""  # placement_summary of device_map, blocks counted on the model's structure
 
     @property
     def summary(self) -> str:
@@ -209,7 +210,8 @@ class LoadPlan:
             return (f"placement: whole model in memory on {self.execution_device} ({human(self.model_bytes)}; "
                     f"largest layer {name} {human(size)})")
         budget = ", ".join(f"{k}={human(v)}" for k, v in (self.max_memory or {}).items()) or "accelerate's default"
-        text = (f"placement (device_map, max_memory {budget}): {placement_summary(self.device_map)}; executes on "
+        text = (f"placement (device_map, max_memory {budget}): {self.placement or placement_summary(self.device_map)}; "
+                f"executes on "
                 f"{self.execution_device}; model {human(self.model_bytes)}, largest layer {name} {human(size)}")
         if self.disk_bytes:
             text += f"; {human(self.disk_bytes)} read from disk per forward (offload folder {self.offload_folder})"
@@ -273,7 +275,8 @@ def plan_loading(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str |
                          "raise --max-memory")
     if on_disk:
         offload_folder = str(offload.check_offload_folder(offload_folder, on_disk if folder is None else 0))
-    plan = LoadPlan(dmap, exec_dev, max_memory, offload_folder, total, largest, on_disk)
+    plan = LoadPlan(dmap, exec_dev, max_memory, offload_folder, total, largest, on_disk,
+                    offload.placement_summary(dmap, meta))
     _PLANS[_plan_key(spec, task, dtype)] = plan
     return plan
 
@@ -365,7 +368,7 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
         model_type=config.model_type, n_params=sum(p.numel() for p in model.parameters()),
         num_layers=getattr(text_cfg, "num_hidden_layers", None), task=task, pad_token=tokenizer.pad_token,
         pad_from_eos=pad_from_eos, asset_source_sha256=asset_sha, weights_provenance=provenance,
-        device_map=placement_summary(dmap) if dmap else None,
+        device_map=placement_summary(dmap, model) if dmap else None,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
 

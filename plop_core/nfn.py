@@ -377,6 +377,6 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
                 batch_size=batch_size, oom_backoff=backoff, dtype=str(dtype).replace("torch.", ""),
                 device=str(device), pad_token_note=pad_note, model=model_identity(model),
                 weights_provenance=(getattr(model, "plop_weights", None) or {}).get("provenance"),
-                device_map=placement_summary(model.hf_device_map) if getattr(model, "hf_device_map", None) else None,
+                device_map=placement_summary(model.hf_device_map, model) if getattr(model, "hf_device_map", None) else None,
                 torch_version=torch.__version__, transformers_version=transformers.__version__)
     return Scores(modules, parts, table, per_sequence, discovery, meta, type_boot)

@@ -244,12 +244,21 @@ def plan_device_map(model, max_memory: dict | None, device_map: str = "auto") ->
 
 
 def placement_summary(device_map: dict, model=None) -> str:
-    """'12 blocks on cpu, 20 on disk (offloaded); embed_tokens on cpu, lm_head on disk' style text."""
+    """'12 blocks on cpu; 20 blocks on disk (offloaded, read per forward); embed_tokens on cpu, ...' text.
+    With `model` (meta is fine), an entry that is a whole ModuleList of blocks counts its blocks."""
     blocks, others = Counter(), {}
     for name, dev in device_map.items():
         dev = f"cuda:{dev}" if isinstance(dev, int) else str(dev)
+        mod = None
+        if model is not None:
+            try:
+                mod = model.get_submodule(name) if name else model
+            except AttributeError:
+                mod = None
         if re.search(r"\.\d+$", name):
             blocks[dev] += 1
+        elif isinstance(mod, torch.nn.ModuleList):
+            blocks[dev] += len(mod)
         else:
             others[name or "(whole model)"] = dev
     parts = [f"{n} block{'s' if n != 1 else ''} on {d}" + (" (offloaded, read per forward)" if d == "disk" else "")

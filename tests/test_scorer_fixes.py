@@ -120,6 +120,11 @@ def test_probe_intervals_and_stability_include_the_baseline_error(llama, tok, te
     assert (with_base.std(0) > seq_only.std(0)).mean() > 0.8
     ana = score_nfn(llama, tok, texts, estimator="analytic", **FAST).modules  # exact baseline: no extra spread
     assert (ana["baseline_se"] == 0).all()
+    from plop_core.plots import nfn_interval_matrix, nfn_matrix
+
+    layers, types, grid = nfn_matrix(m)  # the heatmap's data carries the intervals, cell by cell
+    layers2, types2, low, high = nfn_interval_matrix(m)
+    assert (layers, types) == (layers2, types2) and (low <= grid).all() and (grid <= high).all()
 
 
 def test_include_padding_reproduces_the_authors_batches(llama, tok, texts):

@@ -46,7 +46,7 @@ def test_large_bias_in_bfloat16_keeps_the_bias_free_norm_exact(tok, texts):
         w, b, x = lin.weight.double(), lin.bias.double(), z[n].double()
         exact = float(((x @ w.T.detach()).norm(dim=-1) / x.norm(dim=-1)).mean())
         assert s.loc[n, "feature_norm"] == pytest.approx(exact, rel=2e-3), n
-        y = lin(z[n].to(torch.bfloat16)).double()  # what the old hook did: ||y - b|| from the rounded output
+        y = lin(z[n].to(torch.bfloat16)).detach().double()  # what the old hook did: ||y - b|| from the rounded output
         naive = float(((y - b).norm(dim=-1) / x.norm(dim=-1)).mean())
         worst_naive = max(worst_naive, abs(naive / exact - 1))
     assert worst_naive > 0.01  # the case is hard: subtracting the bias from bf16 outputs is > 1% off

@@ -8,9 +8,13 @@ tokens. Weights are (d_out, d_in) or, for packed MoE experts, (E, d_out, d_in): 
 Fused modules also get one baseline per part from the part's output rows, rho(W[rows]).
 
 The cache is a dict-like (any MutableMapping of str -> JSON-able dict) or a directory of small JSON
-files (one per key, written atomically; safe for concurrent workers). Keys hold the model's name and
-revision, the module, n_probe, seed and a blake2b hash of the weight's bytes, so a finetuned or
-modified weight never reuses a stale baseline. No pickle anywhere.
+files (one per key, written atomically; safe for concurrent workers). By default (`None`) it is the
+directory $PLOP_HOME/baselines, shared by the CLI, notebooks and sweeps; `False` turns it off. Keys hold
+the model's name and revision, the estimator, the module, n_probe, seed and the weight's content
+identity (`weight_id`): the sha256 of the checkpoint files plus the parameter name and dtype when the
+model came from `plop_core.models.load_model` and the weight is unchanged since loading (or offloaded,
+hence unchangeable), else a blake2b hash of the weight's bytes. A finetuned or modified weight never
+reuses a stale baseline. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from plop_core.atomic import atomic_write_text
 from plop_core.config import ESTIMATORS  # noqa: F401 (defined once, in the config schema; nfn imports it here)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def derive_seed(seed: int, name: str) -> int:
@@ -120,16 +124,35 @@ def model_identity(model: torch.nn.Module) -> str:
 _HASHES: dict[int, tuple] = {}  # id(tensor) -> (weakref, stamp, digest)
 
 
+def weight_stamp(weight: torch.Tensor) -> tuple:
+    """Cheap change detector: data_ptr, _version, shape, dtype, fp64 sum of every 1009th value, last value."""
+    with torch.no_grad():
+        flat = weight.detach().reshape(-1)
+        return (weight.data_ptr(), weight._version, tuple(weight.shape), str(weight.dtype),
+                float(flat[::1009].sum(dtype=torch.float64)), float(flat[-1]))
+
+
+def weight_id(model: torch.nn.Module, name: str, weight: torch.Tensor) -> str:
+    """Content identity of parameter `name` of `model` (see the module docstring)."""
+    info = getattr(model, "plop_weights", None)  # set by plop_core.models.load_model
+    if info is not None and info.get("sha256"):
+        stamp = info.get("stamps", {}).get(name)
+        if weight.is_meta or (stamp is not None and tuple(stamp) == weight_stamp(weight)):
+            return f"files-sha256:{info['sha256']}|{name}|{weight.dtype}"
+    if weight.is_meta:
+        from plop_core.offload import read_parameter
+
+        weight = read_parameter(model, name)
+    return weight_hash(weight)
+
+
 def weight_hash(weight: torch.Tensor) -> str:
     """blake2b of the weight's bytes, memoised per tensor while its stamp is unchanged, so repeated
     scoring of one model hashes once. The stamp holds data_ptr and _version plus the fp64 sum of every
     1009th value (edits through `.data` do not bump `_version`; a strided sample keeps the check at a
     few ms for a 100M-parameter model). An edit through `.data` that touches none of the sampled values
     would reuse the old hash: after such surgery pass a fresh cache."""
-    with torch.no_grad():
-        flat = weight.detach().reshape(-1)
-        stamp = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.dtype,
-                 float(flat[::1009].sum(dtype=torch.float64)), float(flat[-1]))
+    stamp = weight_stamp(weight)
     memo = _HASHES.get(id(weight))
     if memo is not None and memo[0]() is weight and memo[1] == stamp:
         return memo[2]
@@ -149,17 +172,25 @@ def _hash_bytes(weight: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def cache_key(identity: str, module: str, n_probe: int, seed: int, weight: torch.Tensor) -> str:
-    """Key of a probe baseline; `weight` is the stored parameter (any dtype/orientation: only hashed)."""
-    return json.dumps({"v": CACHE_VERSION, "model": identity, "module": module, "estimator": "probe",
-                       "n_probe": int(n_probe), "seed": int(seed), "weight": weight_hash(weight)}, sort_keys=True)
+def cache_key(identity: str, module: str, n_probe: int, seed: int, weight: torch.Tensor | str,
+              estimator: str = "probe") -> str:
+    """Key of a baseline; `weight` is the stored parameter (only hashed) or its `weight_id`."""
+    wid = weight if isinstance(weight, str) else weight_hash(weight)
+    return json.dumps({"v": CACHE_VERSION, "model": identity, "module": module, "estimator": estimator,
+                       "n_probe": int(n_probe) if estimator == "probe" else None,
+                       "seed": int(seed) if estimator == "probe" else None, "weight": wid}, sort_keys=True)
 
 
 class BaselineCache:
     """Baselines by key in a dict-like, or in a directory as `<sha256(key)[:32]>.json` files."""
 
-    def __init__(self, store: MutableMapping | str | os.PathLike | None):
-        self.store = store
+    def __init__(self, store: MutableMapping | str | os.PathLike | None | bool):
+        if store is None or store is True:
+            from plop_core.env import plop_home
+
+            store = plop_home() / "baselines"
+        self.store = None if store is False else store
+        store = self.store
         self.dir = None
         if isinstance(store, (str, os.PathLike)):
             self.dir = Path(store)
@@ -168,7 +199,8 @@ class BaselineCache:
                                  "or a dict")
             self.dir.mkdir(parents=True, exist_ok=True)
         elif store is not None and not isinstance(store, MutableMapping):
-            raise TypeError(f"baseline_cache must be a dict-like, a directory path or None, got {type(store).__name__}")
+            raise TypeError(f"baseline_cache must be a dict-like, a directory path, None (default: $PLOP_HOME/baselines) or False "
+                            f"(off), got {type(store).__name__}")
 
     def _path(self, key: str) -> Path:
         return self.dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")

@@ -45,6 +45,40 @@ class ModelSpec(_Strict):
     )
     trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless you ask")
     name: str | None = Field(None, description="short label used in paths and MLflow; default derived from id")
+    device_map: str | None = Field(
+        None, description="accelerate placement as in transformers' from_pretrained: auto (fill the devices up to "
+        "max_memory, the rest offloaded to CPU RAM, then to offload_folder), cpu, cuda or cuda:N; None keeps the "
+        "whole model in memory on one device (the default when it fits)")
+    max_memory: dict[str, str] | None = Field(
+        None, description="per-device budget for device_map auto, e.g. {cpu: 4GiB} or {cuda:0: 20GiB, cpu: 64GiB}; "
+        "must hold at least the largest layer plus activations on the execution device")
+    offload_folder: str | None = Field(
+        None, description="folder for weights that fit in no device budget (disk offload); must be writable")
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory_sizes(cls, v: Any) -> Any:
+        if isinstance(v, list):  # CLI style: ["cpu=4GiB", "cuda:0=20GiB"]
+            v = dict(str(x).split("=", 1) if "=" in str(x) else (str(x), "") for x in v)
+        if isinstance(v, dict):
+            import re
+
+            for dev, size in v.items():
+                if not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*([kmgtKMGT]i?[bB]|[bB])?\s*", str(size)):
+                    raise ValueError(f"max_memory {dev}={size!r}: give a size like 4GiB, 500MB or 2GB")
+                if not re.fullmatch(r"cpu|disk|mps|cuda|cuda:\d+|\d+", str(dev).strip().lower()):
+                    raise ValueError(f"max_memory device {dev!r} is not cpu, cuda, cuda:N, N or mps")
+            return {str(k): str(x) for k, x in v.items()}
+        return v
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_known(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"auto|balanced|balanced_low_0|sequential|cpu|cuda|cuda:\d+|mps", v):
+            raise ValueError(f"device_map {v!r} is not auto, balanced, sequential, cpu, cuda, cuda:N or mps")
+        return v
 
     @field_validator("name")
     @classmethod

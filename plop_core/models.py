@@ -10,6 +10,12 @@ PLOP_HOME/hashes keyed by each file's inode, size, mtime and ctime: ctime change
 be set back by users (unlike mtime), so a modified file is always re-hashed. Offline assets are checked
 against their manifest's digest before loading, and every safetensors header is checked (truncation,
 damage) before transformers reads it; both failures say how to repair (`plop assets verify` / `fetch --force`).
+Big models: `device_map` / `max_memory` / `offload_folder` (ModelSpec fields or keyword arguments) load
+through accelerate's big-model machinery. `plan_loading` computes the placement on a meta model first
+(no weights read), checks the execution device's budget and the offload folder, and describes the
+plan; `load_model` then loads with exactly that device map. The loaded model carries `plop_weights`
+(the files' sha256, per-parameter change stamps and the weights' provenance, e.g. GGUF-dequantized),
+which the scorer uses to key cached baselines and to record provenance.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class ModelIdentity:
     pad_token: str | None = None  # the pad token in use
     pad_from_eos: bool = False  # True when the tokenizer had no pad token and eos is used instead
     asset_source_sha256: str | None = None  # assets: sha256 of the verified GGUF / source file
+    weights_provenance: str | None = None  # e.g. "GGUF Q4_1 dequantized ..." for offline assets
+    device_map: str | None = None  # placement summary when loaded with accelerate offload
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,10 +166,114 @@ def _task_for(config, task: str, mid: str) -> str:
     return task
 
 
+@dataclass
+class LoadPlan:
+    """Where the weights will go, decided before any weight is read."""
+
+    device_map: dict | None  # accelerate device map (None: the whole model on `device`)
+    execution_device: str
+    max_memory: dict | None  # parsed, in bytes
+    offload_folder: str | None
+    model_bytes: int
+    largest_layer: tuple[str, int]
+    disk_bytes: int = 0
+    placement: str = ""  # placement_summary of device_map, blocks counted on the model's structure
+
+    @property
+    def summary(self) -> str:
+        from plop_core.offload import human, placement_summary
+
+        name, size = self.largest_layer
+        if self.device_map is None:
+            return (f"placement: whole model in memory on {self.execution_device} ({human(self.model_bytes)}; "
+                    f"largest layer {name} {human(size)})")
+        budget = ", ".join(f"{k}={human(v)}" for k, v in (self.max_memory or {}).items()) or "accelerate's default"
+        text = (f"placement (device_map, max_memory {budget}): {self.placement or placement_summary(self.device_map)}; "
+                f"executes on "
+                f"{self.execution_device}; model {human(self.model_bytes)}, largest layer {name} {human(size)}")
+        if self.disk_bytes:
+            text += f"; {human(self.disk_bytes)} read from disk per forward (offload folder {self.offload_folder})"
+        return text
+
+
+def _dtype_of(name: str):
+    import torch
+
+    if name != "auto" and not isinstance(getattr(torch, name, None), torch.dtype):
+        raise ValueError(f"dtype {name!r} is not a torch dtype; use float32, bfloat16, float16 or auto")
+    return None if name == "auto" else getattr(torch, name)
+
+
+def plan_loading(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | None = None, device: str | None = None,
+                 device_map: str | None = None, max_memory: dict | list | None = None,
+                 offload_folder: str | None = None, batch_size: int = 8, max_length: int = 256,
+                 progress: bool = True) -> LoadPlan:
+    """The placement `load_model` will use, computed on a meta model (no weights read), with the checks that
+    must pass before loading: the execution device's `max_memory` holds the largest layer plus activations of
+    one batch (`batch_size` x `max_length`), and the offload folder is writable with room to spare."""
+    import torch
+    from transformers import AutoConfig
+
+    from plop_core import offload
+
+    spec = ModelSpec(id=spec) if isinstance(spec, str) else spec
+    device_map = device_map if device_map is not None else spec.device_map
+    max_memory = offload.parse_max_memory(max_memory if max_memory is not None else spec.max_memory)
+    offload_folder = offload_folder if offload_folder is not None else spec.offload_folder
+    torch_dtype = _dtype_of(dtype or spec.dtype)
+    source, mid, folder = resolve(spec, progress)
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if source == "hub" and spec.revision:
+        kw["revision"] = spec.revision
+    config = AutoConfig.from_pretrained(str(folder) if folder is not None else mid, **kw)
+    meta = offload.meta_model(config, torch_dtype or torch.float32, _task_for(config, task, mid))
+    sizes = offload.layer_sizes(meta)
+    largest = max(sizes.items(), key=lambda kv: kv[1])
+    total = sum(p.numel() * p.element_size() for p in meta.parameters())
+    if device_map is None and max_memory:
+        device_map = "auto"
+    if device_map is None or device_map in ("cpu", "mps") or device_map.startswith("cuda"):
+        dev = device_map or device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return LoadPlan(None, dev, max_memory, offload_folder, total, largest)
+    act = offload.activation_bytes(config, batch_size, max_length, (torch_dtype or torch.float32).itemsize)
+    exec_key = next((k for k in (max_memory or {}) if k not in ("cpu", "disk")), None)
+    if exec_key is None and torch.cuda.is_available() and not max_memory:
+        exec_key = 0
+    exec_dev = "cpu" if exec_key is None else (f"cuda:{exec_key}" if isinstance(exec_key, int) else str(exec_key))
+    offload.check_budget(meta, max_memory, exec_dev, act)
+    weights_budget = None  # the execution device also holds the activations: accelerate plans weights only
+    if max_memory:
+        key = "cpu" if exec_key is None else exec_key
+        weights_budget = {**max_memory, key: max(0, max_memory[key] - act)} if key in max_memory else max_memory
+    dmap = offload.plan_device_map(meta, weights_budget, device_map)
+    on_disk = offload.disk_bytes(dmap, meta)
+    if on_disk and not offload_folder:
+        raise ValueError(f"{offload.human(on_disk)} of weights do not fit in max_memory and must go to disk: pass "
+                         "--offload-folder DIR (ModelSpec.offload_folder) on a disk with that much free space, or "
+                         "raise --max-memory")
+    if on_disk:
+        offload_folder = str(offload.check_offload_folder(offload_folder, on_disk if folder is None else 0))
+    plan = LoadPlan(dmap, exec_dev, max_memory, offload_folder, total, largest, on_disk,
+                    offload.placement_summary(dmap, meta))
+    _PLANS[_plan_key(spec, task, dtype)] = plan
+    return plan
+
+
+_PLANS: dict[str, LoadPlan] = {}  # the last plan per spec: load_model(spec) loads what plan_loading printed
+
+
+def _plan_key(spec: ModelSpec, task: str, dtype: str | None) -> str:
+    return json.dumps([spec.model_dump(mode="json"), task, dtype], sort_keys=True)
+
+
 def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | None = None,
-               device: str | None = None, progress: bool = True) -> LoadedModel:
+               device: str | None = None, progress: bool = True, device_map: str | None = None,
+               max_memory: dict | list | None = None, offload_folder: str | None = None,
+               plan: LoadPlan | None = None) -> LoadedModel:
     """Load model + tokenizer and describe them. `dtype` overrides spec.dtype ("float32" default);
-    `device` defaults to cuda when available, else cpu. Encoders load with AutoModel (no head)."""
+    `device` defaults to cuda when available, else cpu. Encoders load with AutoModel (no head).
+    `device_map`/`max_memory`/`offload_folder` (default: the spec's fields) load with accelerate offload,
+    following `plan_loading` (pass `plan` to reuse one already computed)."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -169,8 +281,13 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
     dtype_name = dtype or spec.dtype
-    if dtype_name != "auto" and not isinstance(getattr(torch, dtype_name, None), torch.dtype):
-        raise ValueError(f"dtype {dtype_name!r} is not a torch dtype; use float32, bfloat16, float16 or auto")
+    _dtype_of(dtype_name)
+    wants_map = any(x is not None for x in (device_map, max_memory, offload_folder, spec.device_map, spec.max_memory))
+    if plan is None and wants_map and device_map is None and max_memory is None and offload_folder is None:
+        plan = _PLANS.get(_plan_key(spec, task, dtype))
+    if plan is None and wants_map:
+        plan = plan_loading(spec, task=task, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                            offload_folder=offload_folder, progress=progress)
     source, mid, folder = resolve(spec, progress)
     where = str(folder) if folder is not None else mid
     kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
@@ -180,8 +297,14 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
         config = AutoConfig.from_pretrained(where, **kw)
         task = _task_for(config, task, mid)
         cls = AutoModel if task == "encoder" else AutoModelForCausalLM
-        model = cls.from_pretrained(where, config=config, use_safetensors=True,
-                                    dtype="auto" if dtype_name == "auto" else getattr(torch, dtype_name), **kw)
+        placement = {}
+        if plan is not None and plan.device_map is not None:
+            placement = {"device_map": plan.device_map, "offload_folder": plan.offload_folder}
+            if plan.max_memory:
+                placement["max_memory"] = plan.max_memory
+        elif plan is not None:
+            device = plan.execution_device
+        model = _from_pretrained(cls, where, config, dtype_name, placement, kw)
         tokenizer = AutoTokenizer.from_pretrained(where, **kw)
     except OSError as e:
         if source == "hub" and hub_offline():
@@ -197,7 +320,8 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
         gen.pad_token_id = tokenizer.pad_token_id
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    if not getattr(model, "hf_device_map", None):
+        model.to(device)
     model.eval()
 
     revision = sha = asset_sha = None
@@ -211,14 +335,59 @@ def load_model(spec: ModelSpec | str, *, task: str = "causal-lm", dtype: str | N
             man = json.loads((folder / "plop_asset.json").read_text())
             asset_sha = (man.get("gguf") or {}).get("sha256") or (man.get("files") or {}).get("model.safetensors")
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    provenance = _provenance(source, folder)
+    _mark_weights(model, sha, provenance)
+    from plop_core.offload import placement_summary
+
+    dmap = getattr(model, "hf_device_map", None)
     identity = ModelIdentity(
         source=source, id=mid, path=str(folder) if folder is not None else None, revision=revision, sha256=sha,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."), architecture=type(model).__name__,
         model_type=config.model_type, n_params=sum(p.numel() for p in model.parameters()),
         num_layers=getattr(text_cfg, "num_hidden_layers", None), task=task, pad_token=tokenizer.pad_token,
-        pad_from_eos=pad_from_eos, asset_source_sha256=asset_sha,
+        pad_from_eos=pad_from_eos, asset_source_sha256=asset_sha, weights_provenance=provenance,
+        device_map=placement_summary(dmap, model) if dmap else None,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, identity=identity)
+
+
+def _from_pretrained(cls, where, config, dtype_name, placement, kw):
+    """from_pretrained, with full/read-only offload folders turned into one clear line."""
+    import errno
+
+    import torch
+
+    try:
+        return cls.from_pretrained(where, config=config, use_safetensors=True,
+                                   dtype="auto" if dtype_name == "auto" else getattr(torch, dtype_name),
+                                   **placement, **kw)
+    except OSError as e:
+        folder = placement.get("offload_folder")
+        if folder and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            why = "is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "is read-only"
+            raise ValueError(f"offload folder {folder} {why} ({e.strerror}) while offloading weights; pass "
+                             "--offload-folder on a writable disk with more free space") from None
+        raise
+
+
+def _provenance(source: str, folder: Path | None) -> str | None:
+    """What the weights are, when that matters for reading scores: offline assets are GGUF-dequantized."""
+    if source != "asset" or folder is None:
+        return None
+    man = json.loads((folder / "plop_asset.json").read_text())
+    if not man.get("gguf"):
+        return None
+    note = f"; {man['dtype_note']}" if man.get("dtype_note") else ""
+    return (f"GGUF-dequantized: {man.get('model', folder.name)} weights carry quantization noise "
+            f"({man.get('provenance', 'offline asset')}{note})")
+
+
+def _mark_weights(model, sha: str | None, provenance: str | None) -> None:
+    """Record the weights' identity on the model (cached baselines, provenance of scores)."""
+    from plop_core.baselines import weight_stamp
+
+    stamps = {n: weight_stamp(p) for n, p in model.named_parameters() if not p.is_meta}
+    model.plop_weights = {"sha256": sha, "stamps": stamps, "provenance": provenance}
 
 
 def _hub_snapshot(mid: str, revision: str | None) -> Path | None:

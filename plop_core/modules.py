@@ -388,19 +388,30 @@ def discover_candidates(model: nn.Module, overrides: dict[str, str] | None = Non
 
 
 def get_weight(model: nn.Module, cand: Candidate) -> torch.Tensor:
-    """The candidate's weight as fp32 (d_out, d_in); Conv1D transposed; packed experts (E, d_out, d_in)."""
+    """The candidate's weight as fp32 (d_out, d_in); Conv1D transposed; packed experts (E, d_out, d_in).
+
+    Offloaded weights (accelerate keeps them on meta outside their forward) are read tensor by tensor
+    from the offload map (`plop_core.offload.read_parameter`), never as a whole state dict."""
+    from plop_core.offload import read_parameter
+
     if cand.param:
         mod = model.get_submodule(cand.module_name)
-        w = getattr(mod, cand.param).detach()
+        w = read_parameter(model, f"{cand.module_name}.{cand.param}").detach()
+        return orient(w, cand, mod).float()
+    w = read_parameter(model, f"{cand.name}.weight").detach()
+    return orient(w, cand, model.get_submodule(cand.name)).float()
+
+
+def orient(w: torch.Tensor, cand: Candidate, mod: nn.Module) -> torch.Tensor:
+    """A view of a stored weight as (d_out, d_in) (packed experts: (E, d_out, d_in)); no copy."""
+    if cand.param:
         flag = getattr(mod, "is_transposed", None)
         if tuple(w.shape[1:]) != (cand.d_out, cand.d_in) or (flag and cand.d_in == cand.d_out):
             w = w.transpose(1, 2)
-        return w.float()
-    mod = model.get_submodule(cand.name)
-    w = mod.weight.detach()
+        return w
     if cand.kind == "conv1d" or _is_conv1d(mod):
         w = w.t()
     if tuple(w.shape) != (cand.d_out, cand.d_in):
         raise ValueError(f"{cand.name}: weight shape {tuple(w.shape)} is not (d_out, d_in) = "
                          f"({cand.d_out}, {cand.d_in}); was the model changed after discovery?")
-    return w.float()
+    return w

@@ -1,10 +1,22 @@
 """Forward hooks of the NFN scorer: per-module, per-sequence running sums of a(z), tokens and baselines.
 
-Why a module of its own: the hooks are the hot path of scoring. They read a(z) = ||y - b|| / ||z|| from
+Why a module of its own: the hooks are the hot path of scoring. They read a(z) = ||W z|| / ||z|| from
 the module's own input and output (fp32 norms via `torch.linalg.vector_norm(..., dtype=float32)`, no
 extra matmul, no `.item()` sync, no Python loop over tokens) and add per-sequence sums into one device
 tensor `stats[stat, unit, sequence]`. A *unit* is a candidate module or one part (output-row block) of
 a fused module, so parts cost one extra row-slice norm each.
+
+Hot path: a hook writes one row-norm per unit (and one per distinct input: q/k/v and gate/up share one)
+into per-batch buffers allocated once per batch shape; division by ||z||, the padding mask and the
+per-sequence sums happen once per batch for all units together (`end_batch`). Counts are per call: a
+module called twice in one forward counts its tokens twice, a module that did not fire counts none.
+
+Bias: ||W z|| = ||y - b||. In fp32/fp64 the subtraction is exact enough; in bf16/fp16 a large bias (Qwen2's
+qkv bias can be 300x ||W z||) swamps W z in the rounded output, so there the hook recomputes W z without
+the bias (one extra matmul for biased modules in low precision only).
+
+Offload: hooks go through `plop_core.offload.attach_inside`, which composes with accelerate's own hooks
+so that weights (bias, experts, the reference estimator's W) are read while materialized.
 
 Packed MoE experts (kind "experts", e.g. Mixtral's `mlp.experts` holding gate_up_proj (E, 2I, H) and
 down_proj (E, H, I)) have no per-expert module to hook: the hook sits on the experts module and
@@ -12,8 +24,8 @@ recomputes each routed (token, expert) pair's projections from the routing it re
 following transformers' `use_experts_implementation` conventions (has_gate, has_bias, is_transposed,
 `_apply_gate`). That doubles the experts' FLOPs, and only theirs.
 
-The `reference` estimator (the authors' method) draws one seeded unit vector per real token and runs it
-through the module itself (guarded against re-entering the hook), which also works for Conv1D.
+The `reference` estimator (the authors' method) draws one seeded unit vector per real token and computes
+||W r|| in fp32 (the weight upcast, whatever the model dtype), as the scoring math is documented.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from plop_core.baselines import derive_seed
+from plop_core.modules import orient
+from plop_core.offload import attach_inside
 
 SA, SCNT, SR, SB, SB2 = range(5)  # sum a(z), token count, sum a/rho (experts), sum ||W r||, sum ||W r||^2
 _TINY = 1e-30
@@ -96,8 +110,9 @@ class HookCollector:
         self.stats = torch.zeros(5, len(units), n_seq, dtype=acc_dtype, device=device)
         n_mod = max(u.module_index for u in units) + 1
         self.names = [None] * n_mod
-        self.dense = torch.tensor([u.index for u in units if u.cand.kind != "experts"], dtype=torch.long,
-                                  device=device)
+        dense = [u for u in units if u.cand.kind != "experts"]
+        self.dpos = {u.index: i for i, u in enumerate(dense)}  # unit index -> row in the per-batch buffers
+        self.dense = torch.tensor([u.index for u in dense], dtype=torch.long, device=device)
         self.groups: dict[int, tuple[str, torch.nn.Module, list[Unit]]] = {}  # by module identity
         self.expert_pairs: dict[int, np.ndarray] = {}
         self.expert_rho: dict[int, torch.Tensor] = {}
@@ -112,15 +127,16 @@ class HookCollector:
                     rho = b.rho if u.part is None else b.parts[u.part][0]
                     self.expert_rho[u.index] = torch.as_tensor(rho, dtype=torch.float32, device=device)
                 self.expert_pairs[u.index] = 0
-        self.seed, self.device, self.handles, self.busy = seed, device, [], False
+        self.seed, self.device, self.handles = seed, device, []
         self.generators: dict[str, torch.Generator] = {}
+        self.shape = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def attach(self) -> None:
         for key, mod, units in self.groups.values():
             experts = any(u.cand.kind == "experts" for u in units)
             hook = self._experts_hook(key, units) if experts else self._linear_hook(key, units)
-            self.handles.append(mod.register_forward_hook(hook, with_kwargs=True))
+            self.handles.append(attach_inside(mod, hook))
 
     def detach(self) -> None:
         for h in self.handles:
@@ -130,12 +146,27 @@ class HookCollector:
     def start_batch(self, mask: torch.Tensor, offset: int) -> None:
         self.mask, self.offset, self.all_real = mask, offset, bool(mask.all())
         self.count = mask.sum(1, dtype=torch.float64).to(self.stats.dtype)
-        # per-batch fp32 sums of a(z) of the dense units, written in place by the hooks (torch.sum(out=))
-        self.batch_sa = torch.zeros(len(self.units), mask.shape[0], dtype=torch.float32, device=mask.device)
-        self.last_input, self.last_norm = None, None
+        if self.shape != tuple(mask.shape):  # buffers reused across batches of one shape: no per-call allocation
+            self.shape = tuple(mask.shape)
+            n = len(self.dpos)
+            self.ynorm = torch.empty(n, *mask.shape, dtype=torch.float32, device=mask.device)
+            self.znorm = torch.empty(max(n, 1), *mask.shape, dtype=torch.float32, device=mask.device)
+            self.yrows, self.zrows = list(self.ynorm.unbind(0)), list(self.znorm.unbind(0))  # views made once
+        # experts and reference hooks add into `stats` during the forward: keep what to restore on OOM
+        self.snapshot = (self.stats[:, :, offset:offset + mask.shape[0]].clone(), dict(self.expert_pairs))
+        self.calls = [0] * len(self.dpos)
+        self.slot = [0] * len(self.dpos)
+        self.n_slots, self.last_input, self.extra = 0, None, None
         if self.reference:
             self.n_real = int(self.count.sum())
             self.real_seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+
+    def rollback(self) -> None:
+        """Undo a batch that failed mid-forward (e.g. out of memory), so it can be retried in smaller pieces."""
+        window, pairs = self.snapshot
+        self.stats[:, :, self.offset:self.offset + window.shape[2]] = window
+        self.expert_pairs = pairs
+        self.last_input = self.extra = None
 
     def end_batch(self) -> str | None:
         """Fold the batch into the totals; name the first module whose sums are NaN/inf, else None.
@@ -145,10 +176,22 @@ class HookCollector:
         """
         n_b = self.mask.shape[0]
         window = self.stats[:, :, self.offset:self.offset + n_b]
-        if len(self.dense):
-            window[SA].index_add_(0, self.dense, self.batch_sa.index_select(0, self.dense).to(window.dtype))
-            window[SCNT].index_add_(0, self.dense, self.count.expand(len(self.dense), n_b))
-        self.last_input, self.last_norm, self.batch_sa = None, None, None
+        fired = [i for i, c in enumerate(self.calls) if c]
+        if fired:
+            rows = None if len(fired) == len(self.calls) else torch.tensor(fired, device=self.ynorm.device)
+            slots = torch.tensor([self.slot[i] for i in fired], device=self.ynorm.device)
+            inv_z = self.znorm[:self.n_slots].clamp_min(_TINY).reciprocal_()
+            prod = (self.ynorm if rows is None else self.ynorm[rows]) * inv_z[slots]
+            if not self.all_real:
+                prod = torch.where(self.mask, prod, 0.0)
+            sums = prod.sum(-1).to(window.dtype)  # (fired units, batch)
+            if self.extra is not None:
+                sums += self.extra if rows is None else self.extra[rows]
+            target = self.dense if rows is None else self.dense[rows]
+            calls = torch.tensor([self.calls[i] for i in fired], dtype=window.dtype, device=window.device)
+            window[SA].index_add_(0, target, sums)
+            window[SCNT].index_add_(0, target, calls[:, None] * self.count[None, :])
+        self.last_input = self.extra = None
         bad = ~torch.isfinite(window).all(dim=2).all(dim=0)
         if not bool(bad.any()):
             return None
@@ -170,11 +213,16 @@ class HookCollector:
 
     # ---- dense modules (linear, conv1d, fused) --------------------------------------------------------
     def _linear_hook(self, name: str, units: list[Unit]):
+        cand = units[0].cand
+        plan = [(self.dpos[u.index], u.rows) for u in units]  # (buffer row, output rows) per unit, fixed
+        mod0, _ = module_of(self.model, cand)
+        biased = isinstance(getattr(mod0, "bias", None), torch.Tensor)
+        norm = torch.linalg.vector_norm
+        f32 = torch.float32
+
         def hook(mod, args, kwargs, out):
-            if self.busy:
-                return
-            x = args[0] if args else next(iter(kwargs.values()))
-            y = out[0] if isinstance(out, tuple) else out
+            x0 = args[0] if args else next(iter(kwargs.values()))
+            x, y = x0, (out[0] if isinstance(out, tuple) else out)
             mask = self.mask
             if x.shape[:-1] != mask.shape and x.shape[:-1].numel() == mask.numel() and y.shape[0] == x.shape[0]:
                 x, y = x.reshape(*mask.shape, x.shape[-1]), y.reshape(*mask.shape, y.shape[-1])  # flattened tokens
@@ -182,32 +230,34 @@ class HookCollector:
                 raise RuntimeError(f"module {name} got input of shape {tuple(x.shape)}, not (batch, seq, d_in) with "
                                    f"(batch, seq) = {tuple(mask.shape)}; per-expert modules that receive routed "
                                    "tokens only cannot be scored per sequence; score the packed experts instead")
-            bias = getattr(mod, "bias", None)
-            yb = y if bias is None else y.float() - bias.float()
-            if x is not self.last_input:  # q/k/v (gate/up) receive the same tensor: one input norm for all
-                self.last_input, self.last_norm = x, _norm(x).clamp_min_(_TINY)
-            zn = self.last_norm
-            for u in units:
-                a = _norm(_take(yb, u.rows)).div_(zn)
-                if not self.all_real:
-                    a = torch.where(mask, a, 0.0)
-                torch.sum(a, dim=1, out=self.batch_sa[u.index])
+            if x0 is not self.last_input:  # q/k/v (gate/up) receive the same tensor: one input norm for all
+                self.last_input, self.last_slot = x0, self.n_slots
+                norm(x, dim=-1, dtype=f32, out=self.zrows[self.n_slots])
+                self.n_slots += 1
+            k = self.last_slot
+            yb = _bias_free(mod, cand, x, y) if biased else y
+            calls = self.calls
+            for i, rows in plan:
+                if calls[i] == 0:
+                    norm(y if rows is None and not biased else _take(yb, rows), dim=-1, dtype=f32, out=self.yrows[i])
+                    self.slot[i] = k
+                else:  # a second call in the same forward: fold it now, counted per call in end_batch
+                    a = _norm(_take(yb, rows)) / self.znorm[k].clamp_min(_TINY)
+                    a = torch.where(self.mask, a, 0.0).sum(1).to(self.stats.dtype)
+                    if self.extra is None:
+                        self.extra = torch.zeros(len(self.dpos), mask.shape[0], dtype=self.stats.dtype,
+                                                 device=a.device)
+                    self.extra[i] += a
+                calls[i] += 1
             if self.reference:
-                self._reference_dense(name, mod, x, units)
+                self._reference_dense(name, mod, cand, x, units)
         return hook
 
-    def _reference_dense(self, name, mod, x, units):
+    def _reference_dense(self, name, mod, cand, x, units):
         gen = self._gen(name, x.device)
         r = torch.randn(self.n_real, x.shape[-1], generator=gen, device=x.device, dtype=torch.float32)
-        r = (r / _norm(r).clamp_min(_TINY)[:, None]).to(x.dtype)
-        self.busy = True
-        try:
-            ry = mod(r)
-        finally:
-            self.busy = False
-        ry = ry[0] if isinstance(ry, tuple) else ry
-        bias = getattr(mod, "bias", None)
-        ry = ry if bias is None else ry.float() - bias.float()
+        r = r / _norm(r).clamp_min(_TINY)[:, None]
+        ry = r @ orient(mod.weight, cand, mod).float().T  # fp32 whatever the model dtype; no bias involved
         n_seq = self.mask.shape[0]
         for u in units:
             bn = _norm(_take(ry, u.rows)).to(self.stats.dtype)
@@ -259,9 +309,9 @@ class HookCollector:
             for u in group:
                 store[u.index][sl] = _norm(_take(out, u.rows)) / in_norm
 
-        def unit_random(n, d, dtype):
+        def unit_random(n, d):
             r = torch.randn(n, d, generator=gen, device=hidden.device, dtype=torch.float32)
-            return (r / _norm(r).clamp_min(_TINY)[:, None]).to(dtype)
+            return r / _norm(r).clamp_min(_TINY)[:, None]
 
         start = 0
         for e in np.flatnonzero(counts):
@@ -275,11 +325,12 @@ class HookCollector:
                 h = h0 if b_up is None else h0 + b_up[e]
                 act = _activation(mod, h, has_gate)
                 record(a, by_leaf["down"], lin(act, w_down[e]), _norm(act).clamp_min(_TINY), sl)
-            if self.reference:
-                record(base, by_leaf["up"], lin(unit_random(sl.stop - sl.start, z.shape[-1], z.dtype), w_up[e]), 1.0, sl)
+            if self.reference:  # fp32 unit vectors through the fp32 expert weights
+                n_e = sl.stop - sl.start
+                record(base, by_leaf["up"], lin(unit_random(n_e, z.shape[-1]), w_up[e].float()), 1.0, sl)
                 if by_leaf["down"]:
                     d_mid = w_down.shape[-2] if transposed else w_down.shape[-1]
-                    record(base, by_leaf["down"], lin(unit_random(sl.stop - sl.start, d_mid, z.dtype), w_down[e]), 1.0, sl)
+                    record(base, by_leaf["down"], lin(unit_random(n_e, d_mid), w_down[e].float()), 1.0, sl)
         seq = tok // n_s
         zeros = torch.zeros(n_b, dtype=self.stats.dtype, device=hidden.device)
         ones = torch.ones(n_pairs, dtype=self.stats.dtype, device=hidden.device)
@@ -295,6 +346,16 @@ class HookCollector:
             else:
                 ratio = av / self.expert_rho[u.index][exp].to(self.stats.dtype)
                 self._add(SR, u.index, zeros.index_add(0, seq, ratio))
+
+
+def _bias_free(mod, cand, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """W z from the module's output y: y - b in fp32/fp64, W z recomputed without bias in low precision."""
+    bias = getattr(mod, "bias", None)
+    if not isinstance(bias, torch.Tensor):
+        return y
+    if y.dtype in (torch.float32, torch.float64):
+        return y - bias
+    return F.linear(x, orient(mod.weight, cand, mod))
 
 
 def _activation(mod, h: torch.Tensor, has_gate: bool) -> torch.Tensor:

@@ -48,6 +48,19 @@ def nfn_matrix(modules):
     return list(grid.index), types, grid.to_numpy(dtype=float)
 
 
+def nfn_interval_matrix(modules):
+    """(layers, types, low, high): per-cell interval bounds (sequences and the baseline's Monte Carlo error,
+    see `plop_core.stats.bootstrap_modules`) in the layout of `nfn_matrix`; None when the table has none."""
+    if not {"nfn_ci_low", "nfn_ci_high"} <= set(modules.columns):
+        return None
+    out = []
+    for col in ("nfn_ci_low", "nfn_ci_high"):
+        grid = modules.groupby(["layer", "type"])[col].mean().unstack("type")
+        grid = grid.reindex(columns=_type_order(grid.columns)).sort_index()
+        out.append(grid.to_numpy(dtype=float))
+    return list(grid.index), list(grid.columns), out[0], out[1]
+
+
 def nfn_heatmap(modules, path: str | Path, title: str = "NFN per layer and module type") -> Path:
     """Heatmap of per-module NFN (rows: layers, columns: module types), centred on 1 (= random baseline).
 
@@ -77,6 +90,12 @@ def nfn_heatmap(modules, path: str | Path, title: str = "NFN per layer and modul
     means = np.nanmean(mat, axis=0)
     for j, m in enumerate(means):
         ax.text(j, -0.75, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+    intervals = nfn_interval_matrix(modules)
+    if intervals is not None:  # a dot: the cell's interval contains 1 (not distinguishable from random)
+        _, _, low, high = intervals
+        ys, xs = np.nonzero((low <= 1.0) & (high >= 1.0))
+        ax.scatter(xs, ys, s=6, c="black", marker="o", linewidths=0)
+        ax.set_xlabel("module type (LoRA goes to the lowest NFN); dot: 95% interval contains 1")
     fig.colorbar(im, ax=ax, label="NFN (1 = random)")
     return _save(fig, path)
 

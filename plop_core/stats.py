@@ -7,7 +7,14 @@ any multiset of sequences is sum(num) / sum(den) over it. A bootstrap resample i
 resample-count matrix C (n_bootstrap x n_seq), and all resamples of all modules are two matrix products
 C @ num and C @ den (vectorised numpy, no Python loop over resamples).
 
-Public names: `resample_counts`, `bootstrap_types`, `layer_spread`, `selection_stability`.
+Baseline Monte Carlo error: the `probe` estimator's rho(W) comes from K random unit vectors, with a
+relative standard error of ~0.1-1% at K = 512. Holding it fixed would leave that error out of every
+interval and of the selection stability, so each resample also draws each module's baseline afresh,
+rho* = rho (1 + rel_se * N(0, 1)) (a parametric bootstrap of the probe mean, independent across modules
+since each weight has its own probes), and divides the module's NFN by rho* / rho.
+
+Public names: `resample_counts`, `bootstrap_modules`, `bootstrap_types`, `module_intervals`, `layer_spread`,
+`selection_stability`.
 """
 
 from __future__ import annotations
@@ -56,14 +63,46 @@ def layer_spread(module_nfn: np.ndarray, module_types: list[str], types: list[st
     return pd.DataFrame(rows)
 
 
+def bootstrap_modules(num: np.ndarray, den: np.ndarray, n_bootstrap: int, seed: int,
+                      baseline_rel_se: np.ndarray | None = None) -> np.ndarray:
+    """(n_bootstrap, n_modules) resampled module NFN: sequences resampled with replacement, and each
+    module's baseline redrawn with its relative standard error `baseline_rel_se` (None or 0: held fixed)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    if n_bootstrap == 0:
+        return np.empty((0, num.shape[1]))
+    counts = resample_counts(num.shape[0], n_bootstrap, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = (counts @ num) / (counts @ den)
+    if baseline_rel_se is not None and np.any(np.asarray(baseline_rel_se) > 0):
+        rel = np.nan_to_num(np.asarray(baseline_rel_se, dtype=np.float64))
+        eps = np.random.default_rng([int(seed), 1]).standard_normal(boot.shape)
+        boot = boot / np.maximum(1.0 + rel * eps, 1e-6)
+    return boot
+
+
+def module_intervals(module_boot: np.ndarray, ci_level: float, n_modules: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of each module's NFN from `bootstrap_modules` (NaN without resamples)."""
+    if len(module_boot) == 0:
+        return np.full(n_modules, np.nan), np.full(n_modules, np.nan)
+    alpha = (1.0 - ci_level) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(module_boot, [alpha, 1.0 - alpha], axis=0)
+    return low, high
+
+
 def bootstrap_types(num: np.ndarray, den: np.ndarray, module_types: list[str], types: list[str],
-                    n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0
+                    n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0,
+                    baseline_rel_se: np.ndarray | None = None, module_boot: np.ndarray | None = None
                     ) -> tuple[pd.DataFrame, np.ndarray]:
     """Per-type NFN table with a percentile bootstrap interval over sequences.
 
     num, den: (n_seq, n_modules) per-sequence sufficient statistics; module NFN = sum(num) / sum(den).
     Returns (table with columns type, nfn, nfn_ci_low, nfn_ci_high, layer_min, layer_max, layer_std,
     n_layers; resampled type NFN of shape (n_bootstrap, n_types)). n_bootstrap == 0 gives NaN intervals.
+    baseline_rel_se: per-module relative SE of a Monte Carlo baseline, propagated (see the module docstring);
+    module_boot: resamples already drawn by `bootstrap_modules` (then n_bootstrap and seed are not used again).
     """
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
@@ -82,9 +121,8 @@ def bootstrap_types(num: np.ndarray, den: np.ndarray, module_types: list[str], t
         table.insert(2, "nfn_ci_low", np.nan)
         table.insert(3, "nfn_ci_high", np.nan)
         return table, np.empty((0, len(types)))
-    counts = resample_counts(num.shape[0], n_bootstrap, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        module_boot = (counts @ num) / (counts @ den)          # (n_bootstrap, n_modules)
+    if module_boot is None:
+        module_boot = bootstrap_modules(num, den, n_bootstrap, seed, baseline_rel_se)  # (n_bootstrap, n_modules)
     type_boot = _type_means(module_boot, module_types, types)  # (n_bootstrap, n_types)
     alpha = (1.0 - ci_level) / 2.0
     with warnings.catch_warnings():

@@ -3,9 +3,11 @@
 Usage:
     plop score --model smollm2-135m-instruct --data gsm8k --n-samples 128 --max-length 256 --out results/score
     plop score --model ./my-model --data my.jsonl --text-column text --estimator reference --k 3
+    plop score --model ./llama-8b --dtype bfloat16 --data gsm8k --n-samples 16 \
+        --device-map auto --max-memory cpu=3GiB --offload-folder /scratch/offload     # bigger than memory
 
 Writes into --out (each file atomically): modules.parquet (per module), types.parquet (per type),
-parts.parquet (fused parts, if any), placements.parquet, placement.json, lora_config.json, sample.parquet,
+parts.parquet (fused parts, if any), placements.parquet, placement.json, adapter_config.json + targets.md (PEFT's format), sample.parquet,
 nfn_heatmap.png and record.json (the cell's record). The folder is written as one set: into a temp folder
 that replaces --out only when everything is written.
 """
@@ -62,13 +64,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--r", type=int, default=16, help="LoRA rank written into lora_config.json")
     p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 2*r)")
     p.add_argument("--out", default="results/score", help="output folder (default: results/score)")
+    p.add_argument("--device-map", default=None,
+                   help="auto, balanced, sequential, cpu, cuda or cuda:N; ""accelerate placement (as transformers' device_map): auto fills devices up to --max-memory and "
+                        "offloads the rest to CPU RAM, then to --offload-folder; default: whole model in memory")
+    p.add_argument("--max-memory", nargs="+", default=None, metavar="DEVICE=SIZE",
+                   help="per-device budget, e.g. cpu=4GiB or cuda:0=20GiB cpu=64GiB (implies --device-map auto)")
+    p.add_argument("--offload-folder", default=None, help="folder for weights that fit in no budget (disk offload)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Validate every flag through the shared schema before loading anything heavy.
-    spec = ModelSpec(id=args.model, revision=args.revision, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    spec = ModelSpec(id=args.model, revision=args.revision, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                     device_map=args.device_map, max_memory=args.max_memory, offload_folder=args.offload_folder)
     sampling = SamplingConfig(n_samples=args.n_samples, seed=args.seed, max_length=args.max_length,
                               split=args.split, allow_smaller=args.allow_smaller, source=args.source)
     scorer = ScorerConfig(estimator=args.estimator, batch_size=args.batch_size, seed=args.seed,
@@ -96,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(name="score", models=[spec], tasks=[args.data], sampling=sampling, scorer=scorer,
                       selection=selection, finetune=FinetuneConfig(method="none", lora=lora))
+    if spec.device_map or spec.max_memory or spec.offload_folder:  # plan and check before loading anything
+        from plop_core.models import plan_loading
+
+        print(plan_loading(spec, batch_size=args.batch_size, max_length=args.max_length,
+                           progress=not args.no_progress).summary, flush=True)
     out = Path(args.out)
     with atomic_dir(out) as tmp:  # the folder appears whole, or not at all (an old one stays until then)
         layout = Layout.flat(tmp)
@@ -104,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         (cell,) = plan.scoring_cells(cfg, [model], {args.data: sample}, layout, run_name="score")
         rec = work.score_cell(cell, progress=not args.no_progress)
     print_cell(rec, out)
+    _print_memory(rec)
     print(json.dumps({"out": str(out.resolve())}))
     return 0
 
@@ -135,3 +150,15 @@ def print_cell(rec, out: Path, console=None) -> None:
     console.print(line)
     for k, v in rec.files.items():
         console.print(f"  {k:12s} {out / v}")
+
+
+def _print_memory(rec) -> None:
+    """Peak memory of this process (and of the GPU allocator when used), with where the model sat."""
+    from plop_core.offload import human, peak_memory
+
+    peak = peak_memory(rec.meta.get("device"))
+    line = f"peak memory: {human(peak['peak_rss_bytes'])} resident (process maximum)"
+    if "peak_cuda_bytes" in peak:
+        line += f", {human(peak['peak_cuda_bytes'])} CUDA allocated"
+    where = rec.meta.get("device_map")
+    print(line + (f"; model placement: {where}" if where else ""))

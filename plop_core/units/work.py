@@ -25,17 +25,22 @@ _MODEL_CACHE: OrderedDict[str, object] = OrderedDict()
 MODEL_CACHE_SIZE = int(os.environ.get("PLOP_MODEL_CACHE_SIZE", "1"))
 
 
-def loaded_model(model):
-    """Load a `ModelRef` once per process (LRU of MODEL_CACHE_SIZE models, default 1 to bound memory)."""
+def loaded_model(model, batch_size: int = 8, max_length: int = 256):
+    """Load a `ModelRef` once per process (LRU of MODEL_CACHE_SIZE models, default 1 to bound memory).
+    A spec with device_map / max_memory / offload_folder is planned for this batch and length first
+    (accelerate's big-model loading; the budget check knows the activations it must leave room for)."""
     key = model.identity_key
     if key in _MODEL_CACHE:
         _MODEL_CACHE.move_to_end(key)
         return _MODEL_CACHE[key]
-    from plop_core.models import load_model
+    from plop_core.models import load_model, plan_loading
 
     while len(_MODEL_CACHE) >= max(1, MODEL_CACHE_SIZE):
         _MODEL_CACHE.popitem(last=False)
-    lm = load_model(model.spec, progress=False)
+    spec = model.spec
+    plan = (plan_loading(spec, batch_size=batch_size, max_length=max_length, progress=False)
+            if spec.device_map or spec.max_memory or spec.offload_folder else None)
+    lm = load_model(spec, progress=False, plan=plan)
     MODEL_LOADS.append(key)
     _MODEL_CACHE[key] = lm
     return lm
@@ -70,7 +75,7 @@ def score_cell(cell: ScoringCell, progress: bool = False, lm=None):
 
     t0 = time.perf_counter()
     n_loads = len(MODEL_LOADS)
-    lm = lm or loaded_model(cell.model)
+    lm = lm or loaded_model(cell.model, cell.scorer.batch_size, cell.sample.sampling.max_length)
     loaded, load_s = len(MODEL_LOADS) > n_loads, time.perf_counter() - t0
     sel, sc, sampling = cell.selection, cell.scorer, cell.sample.sampling
     discovery = discover_candidates(lm.model)

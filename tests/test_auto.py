@@ -39,7 +39,7 @@ def test_same_answer_as_the_separate_calls(tiny_auto):
 def test_golden_choice_and_report_on_the_tiny_llama(tiny_auto):
     config, report = tiny_auto
     assert report.placement.types == ("k", "o", "gate")  # fixed seed 0 model, probe estimator, seed 0
-    assert report.stability == pytest.approx(0.75)
+    assert report.stability == pytest.approx(0.69)  # resamples redraw each baseline within its MC error too
     assert config.r == 4 and config.lora_alpha == 8 and config.task_type == "CAUSAL_LM"
     assert config.target_modules == set(report.placement.target_modules) and len(config.target_modules) == 6
     assert list(report.types.loc[report.types["chosen"], "type"]) == ["k", "o", "gate"]
@@ -48,7 +48,7 @@ def test_golden_choice_and_report_on_the_tiny_llama(tiny_auto):
     assert report.lora["trainable_params"] == report.placement.trainable_params(4) == 3328
     text = str(report)
     assert text.splitlines()[0].startswith("PLoP placement: plop k=3 -> k, o, gate  (your texts, 8 sequences")
-    assert "o        0.966     [0.916, 1.010]       0.94..0.99  <- LoRA" in text
+    assert "o        0.966     [0.917, 1.007]       0.94..0.99  <- LoRA" in text  # intervals include baseline MC error
     assert "selection stability: 75% of 200 bootstrap resamples" in text and repr(report) == text
     json.dumps(report.to_dict())  # JSON-able
     peft_model = get_peft_model(tiny_model("llama"), config)

@@ -26,6 +26,7 @@ if not os.environ.get("RAY_ADDRESS"):
     # Ray reads this switch when it is imported, hence before prefect_ray; joining a cluster is unaffected.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+from prefect.task_runners import TaskRunner  # noqa: E402
 from prefect_ray import RayTaskRunner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,18 +158,25 @@ def ray_cluster(api_url: str, address: str | None = None, num_cpus: int | None =
 
 
 class PlopRayTaskRunner(RayTaskRunner):
-    """RayTaskRunner that, when it starts Ray itself (e.g. in a deployment's flow run), passes the
-    Prefect API URL, PYTHONPATH and offline flags to the workers and keeps Ray's temp dir short;
-    when Ray is already initialised (plop sweep, tests) it reuses that Ray as RayTaskRunner does."""
+    """RayTaskRunner that starts Ray at the first submitted task, not when the flow run begins (so the
+    flow validates its config and runs preflight first: a bad config fails in seconds with nothing
+    started). When it starts Ray itself (e.g. in a deployment's flow run) it passes the Prefect API URL,
+    PYTHONPATH and offline flags to the workers and keeps Ray's temp dir short; when Ray is already
+    initialised (plop sweep, tests) it reuses that Ray as RayTaskRunner does."""
 
     def __init__(self, address: str | None = None, init_kwargs: dict | None = None, num_cpus: int | None = None):
         super().__init__(address=address, init_kwargs=init_kwargs)
         self.num_cpus = num_cpus
+        self._ray_started = False
 
     def duplicate(self):
         return type(self)(address=self.address, init_kwargs=self.init_kwargs, num_cpus=self.num_cpus)
 
     def __enter__(self):
+        self._ray_started = False
+        return TaskRunner.__enter__(self)  # Ray: at the first submit (_start_ray)
+
+    def _start_ray(self) -> None:
         import ray
         from prefect.settings import PREFECT_API_URL
 
@@ -177,7 +185,25 @@ class PlopRayTaskRunner(RayTaskRunner):
             kw = ray_init_kwargs(api, self.address, self.num_cpus)
             self.address = kw.pop("address", None)
             self.init_kwargs = {**kw, **self.init_kwargs}
-        return super().__enter__()
+        self._started = False  # RayTaskRunner.__enter__ starts the base runner again, then ray.init
+        try:
+            RayTaskRunner.__enter__(self)
+        except BaseException:
+            # RayTaskRunner.__exit__ would call ray.get_runtime_context(), which starts a default Ray
+            # (dashboard, /tmp/ray) when ray.init failed; nothing of ours is running, so do not own it
+            self._owns_ray = False
+            raise
+        self._ray_started = True
+
+    def __exit__(self, *exc_info):
+        if self._ray_started:
+            return super().__exit__(*exc_info)
+        return TaskRunner.__exit__(self, *exc_info)  # Ray was never started (no task, or a bad config)
+
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        if self._started and not self._ray_started:
+            self._start_ray()
+        return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
 
 
 def ray_task_runner(**kw) -> PlopRayTaskRunner:

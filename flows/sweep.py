@@ -15,8 +15,10 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
+from flows.params import Override, SweepName, run_name, source_of, sweep_config
 from flows.runtime import ray_task_runner
 from plop_core.config import SweepConfig
+from plop_core.preflight import preflight
 from plop_core.units import Layout, plan
 from plop_core.units.runner import finish_experiment, finish_sweep
 from plop_core.units.track import Tracker
@@ -33,15 +35,24 @@ def ray_resources(cfg: SweepConfig) -> dict:
 
 
 def sweep_run_name() -> str:
-    cfg = flow_run.parameters.get("config")
-    name = cfg.get("name") if isinstance(cfg, dict) else getattr(cfg, "name", None)
-    return f"sweep-{name or 'sweep'}"
+    return run_name(flow_run.parameters)
 
 
 @flow(name="plop-sweep", flow_run_name=sweep_run_name, log_prints=True, task_runner=ray_task_runner())
-def plop_sweep(config: SweepConfig) -> dict:
-    """Score every (model, task) cell of a sweep config; finetune and evaluate arms where it asks to."""
-    cfg, layout = config, Layout.hive(config.outputs.root)
+def plop_sweep(config: SweepConfig | None = None, sweep: SweepName | None = None,
+               overrides: list[Override] | None = None) -> dict:
+    """Score every (model, task) cell of a sweep config; finetune and evaluate arms where it asks to.
+
+    Args:
+        config: the whole sweep (sections left out take their defaults); used instead of `sweep` when given
+        sweep: a committed sweep config, deploy/sweeps/<sweep>.yaml
+        overrides: KEY.SUB=VALUE strings applied to the config, as `plop sweep CONFIG --set KEY.SUB=VALUE`
+    """
+    cfg = sweep_config(config, sweep, overrides)  # ConfigError naming the field
+    print(f"sweep {cfg.name!r} from {source_of(config, sweep)}" + (f" with {overrides}" if overrides else ""))
+    # every problem at once, in seconds: Ray starts at the first submitted task, no model is loaded yet
+    print(preflight(cfg).summary())
+    layout = Layout.hive(cfg.outputs.root)
     tracker = Tracker.start(cfg, "plop-sweep")
     try:
         # 1. resolve models (no load) and draw each task's sample once

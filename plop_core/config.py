@@ -258,7 +258,8 @@ class SweepConfig(_Strict):
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="where results go: Parquet, MLflow, "
                                    "PNGs")
 
-    @field_validator("models", mode="before")
+    # the JSON schema (a deployment's parameter schema, checked by the Prefect server) admits the bare strings too
+    @field_validator("models", mode="before", json_schema_input_type=Annotated[list[ModelSpec | str], Field(min_length=1)])
     @classmethod
     def _models_as_strings(cls, v: Any) -> Any:
         if isinstance(v, list):
@@ -453,3 +454,34 @@ def load_sweep_config(source: str | Path | dict, overrides: list[str] | None = N
         return SweepConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, where)) from None
+
+
+def sweep_names(folder: str | Path) -> list[str]:
+    """The committed sweep configs in `folder`: the stems of its `*.yaml` files, sorted."""
+    folder = Path(folder)
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.is_file()) if folder.is_dir() else []
+
+
+def named_sweep_path(name: str, folder: str | Path) -> Path:
+    """The sweep YAML `<folder>/<name>.yaml` for a name given by a user (a deployment parameter).
+
+    Why so strict: the name comes from whoever may create flow runs, and the file is read on a worker, so
+    it must be a bare file name inside `folder` (no '/', no '..', no symlink out of it)."""
+    folder = Path(folder).resolve()
+    stem = str(name).removesuffix(".yaml")
+    known = sweep_names(folder)
+    if not _is_safe_name(stem) or stem != Path(stem).name:
+        raise ConfigError(f"sweep {name!r} must be the bare name of a file in {folder} (no '/' or '..'); "
+                          f"known: {', '.join(known) or 'none'}")
+    path = folder / f"{stem}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"sweep {name!r} is not in {folder}{_did_you_mean(stem, known)}; "
+                          f"known: {', '.join(known) or 'none'}")
+    if path.resolve().parent != folder:
+        raise ConfigError(f"sweep {name!r} links outside {folder}; commit the config itself there")
+    return path
+
+
+def load_named_sweep(name: str, folder: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """`load_sweep_config` of the committed sweep `name` in `folder` (see `named_sweep_path`)."""
+    return load_sweep_config(named_sweep_path(name, folder), overrides)

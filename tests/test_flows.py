@@ -183,14 +183,14 @@ def test_benchmark_sweep_finetunes_arms_per_cell(prefect_api, ray_local, sweep_c
     assert set(states.values()) == {"Completed"} and len(states) == 2
 
 
-def test_prefect_yaml_deployments_register_with_sweep_config_parameters(prefect_api):
+def test_prefect_yaml_deployments_register_with_sweep_parameters(prefect_api):
     import subprocess
     import sys
     from pathlib import Path
 
     from prefect.client.orchestration import get_client
 
-    from plop_core.config import load_sweep_config
+    from flows.params import sweep_config
 
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PREFECT_API_URL=prefect_api, PLOP_REPO=str(root))
@@ -201,11 +201,13 @@ def test_prefect_yaml_deployments_register_with_sweep_config_parameters(prefect_
                        cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     with get_client(sync_client=True) as client:
-        for name in ("plop-sweep/score", "plop-sweep/benchmark"):
+        for name, sweep, model in (("plop-sweep/score", "score-smollm2", "smollm2-135m-instruct"),
+                                   ("plop-sweep/benchmark", "benchmark-gemma3", "gemma3-270m")):
             dep = client.read_deployment_by_name(name)
-            assert dep.work_pool_name == "plop-process"
-            cfg = load_sweep_config(dep.parameters["config"])  # the parameter IS a SweepConfig
-            assert cfg.models[0].id == "smollm2-135m-instruct"
+            assert dep.work_pool_name == "plop-process" and dep.parameters == {"sweep": sweep}
+            cfg = sweep_config(None, **dep.parameters)  # a committed sweep YAML, resolved as the flow does
+            assert cfg.name == sweep and cfg.models[0].id == model
+            client.delete_deployment(dep.id)  # no nightly runs scheduled on the test server
 
 
 def test_local_ray_listens_on_loopback_only(ray_local):

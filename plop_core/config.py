@@ -8,7 +8,6 @@ to a default. `load_sweep_config(path, overrides)` reads YAML and applies `key.s
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -17,18 +16,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plop_core.module_types import TYPE_ORDER, split_types
-from plop_core.strategies import STRATEGIES as _STRATEGY_REGISTRY
-
 # Closed vocabularies. Strategy and module-type names are defined in their torch-free registries and only
 # derived here; the ones below are defined here, once (the scorer and the CLI import them from this module).
-STRATEGIES = tuple(_STRATEGY_REGISTRY)
 ESTIMATORS = ("probe", "reference", "analytic")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DATA_SOURCES = ("auto", "offline", "hub")
 FINETUNE_METHODS = ("sft", "grpo", "none")
 METRICS = ("nll", "exact_match", "multiple_choice")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+from plop_core.config_rules import (  # noqa: E402 (the rules use the vocabularies above)
+    STRATEGIES,
+    _dedupe,
+    _did_you_mean,
+    _is_safe_name,
+    _suggest_name,
+    canonical_arm,
+    check_trainer_overrides,
+    model_label,
+    task_label,
+)
 
 
 class _Strict(BaseModel):
@@ -74,7 +80,6 @@ class ModelSpec(_Strict):
     @field_validator("device_map")
     @classmethod
     def _device_map_known(cls, v: str | None) -> str | None:
-        import re
 
         if v is not None and not re.fullmatch(r"auto|balanced|balanced_low_0|sequential|cpu|cuda|cuda:\d+|mps", v):
             raise ValueError(f"device_map {v!r} is not auto, balanced, sequential, cpu, cuda, cuda:N or mps")
@@ -306,80 +311,6 @@ class SweepConfig(_Strict):
             if unknown:
                 raise ValueError(f"finetune_tasks {unknown} are not in tasks {self.tasks}; add them to `tasks`")
         return self
-
-
-def _is_safe_name(text: str) -> bool:
-    return bool(_SAFE_NAME.fullmatch(text)) and not text.endswith(".")
-
-
-def _suggest_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-") or "my-name"
-
-
-def _did_you_mean(word: str, known) -> str:
-    near = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
-def _dedupe(what: str, items: list) -> list:
-    seen = set()
-    for x in items:
-        if x in seen:
-            raise ValueError(f"{what} {x!r} is listed twice; list each {what} once")
-        seen.add(x)
-    return items
-
-
-def canonical_arm(arm: str) -> str:
-    """An arm as the pipeline names it: a strategy name, or explicit types joined by ',' ('q+v' -> 'q,v').
-    Raises ValueError naming the unknown part and the known names, before any model is loaded."""
-    arm = str(arm).strip()
-    if arm in STRATEGIES:
-        return arm
-    types = split_types(arm)
-    unknown = [t for t in types if t not in TYPE_ORDER]
-    if not types or unknown:
-        bad = unknown[0] if unknown else arm
-        hint = _did_you_mean(bad, STRATEGIES + TYPE_ORDER)
-        raise ValueError(f"unknown arm {arm!r}{hint}: use a strategy ({', '.join(STRATEGIES)}) or module types "
-                         f"joined by ',' or '+' from {', '.join(TYPE_ORDER)} (e.g. 'q,v')")
-    return ",".join(dict.fromkeys(types))
-
-
-def model_label(spec: ModelSpec, index: int | None = None) -> str:
-    """The folder-safe label of a model in results paths; raises ValueError saying to add `name:` when the
-    id gives none (e.g. id '..' or '/')."""
-    from plop_core.artifacts import safe_label  # the one sanitising rule (pyarrow import, so lazy)
-
-    try:
-        return safe_label(spec.label)
-    except ValueError:
-        where = f"models[{index}]" if index is not None else "model"
-        raise ValueError(f"{where}: id {spec.id!r} gives no usable folder name; add `name: my-model` "
-                         "(letters, digits, '.', '_', '-')") from None
-
-
-def task_label(task: str) -> str:
-    """The folder-safe label of a task in results paths: its registry name, or a data file's stem."""
-    from plop_core.artifacts import safe_label
-
-    p = Path(task)
-    return safe_label(p.stem if p.suffix else task)
-
-
-def check_trainer_overrides(method: str, overrides: dict[str, Any]) -> None:
-    """Each `finetune.overrides` key must be a field of the trainer's config class (trl.SFTConfig or
-    trl.GRPOConfig): a typo would otherwise fail only when training starts, after scoring."""
-    import dataclasses
-
-    import trl  # lazy and only when overrides are given: TRL takes seconds to import
-
-    cls = {"sft": trl.SFTConfig, "grpo": trl.GRPOConfig}[method]
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in overrides:
-        if key not in fields:
-            raise ValueError(f"override {key!r} is not a field of trl.{cls.__name__} (method {method}){_did_you_mean(key, fields)}; "
-                             f"see the TRL docs for {cls.__name__}, or remove it")
 
 
 def config_hash(*parts: BaseModel | dict | str | int | float | None) -> str:

@@ -42,12 +42,9 @@ from plop_core.module_roles import (
 )
 from plop_core.peft_facts import base_model_facts
 
-CANONICAL_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
-ATTN_TYPES = ("q", "k", "v", "qkv", "o")
-MLP_TYPES = ("gate", "up", "gate_up", "down")
 KINDS = ("linear", "conv1d", "fused", "experts", "expert")
 
-__all__ = ["CANONICAL_TYPES", "FUSED_TYPES", "TYPE_ORDER", "ATTN_TYPES", "MLP_TYPES", "KINDS", "Part",
+__all__ = ["FUSED_TYPES", "TYPE_ORDER", "KINDS", "Part",
            "Candidate", "Discovery", "discover_candidates", "get_weight"]
 
 

@@ -35,13 +35,7 @@ def build_parser(extra=()) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            mod = importlib.import_module(f"plop_core.cli.{name}")
-        except ModuleNotFoundError as e:  # a subcommand not built yet in this checkout
-            if e.name != f"plop_core.cli.{name}":
-                raise
-            continue
-        mod.register(sub)
+        importlib.import_module(f"plop_core.cli.{name}").register(sub)
     for register in extra:
         register(sub)
     return parser

@@ -149,7 +149,7 @@ def print_cell(rec, out: Path, console=None) -> None:
         line += f"; selection stability {100 * pl['stability']:.0f}% of bootstrap resamples"
     console.print(line)
     for k, v in rec.files.items():
-        console.print(f"  {k:12s} {out / v}")
+        console.print(f"  {k:14s} {out / v}")
 
 
 def _print_memory(rec) -> None:

@@ -49,7 +49,7 @@ def test_golden_choice_and_report_on_the_tiny_llama(tiny_auto):
     text = str(report)
     assert text.splitlines()[0].startswith("PLoP placement: plop k=3 -> k, o, gate  (your texts, 8 sequences")
     assert "o        0.966     [0.917, 1.007]       0.94..0.99  <- LoRA" in text  # intervals include baseline MC error
-    assert "selection stability: 75% of 200 bootstrap resamples" in text and repr(report) == text
+    assert "selection stability: 69% of 200 bootstrap resamples" in text and repr(report) == text
     json.dumps(report.to_dict())  # JSON-able
     peft_model = get_peft_model(tiny_model("llama"), config)
     assert isinstance(peft_model, PeftModelForCausalLM) and report.placement.match_report(peft_model)["adapted"].all()

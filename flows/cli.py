@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 
@@ -43,18 +44,26 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         print(report.summary(), file=sys.stderr)  # stdout stays pure JSON for tools
         return 0
+    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends runs as Ctrl-C does (KILLED / Crashed), never RUNNING
     if args.serial:
         from plop_core.units import run_serial
+        from plop_core.units.report import units_failed
 
         man = run_serial(cfg)
         print(man["markdown"])
         man["prefect_mode"] = "none"
+        if units_failed(man):
+            raise units_failed(man)  # failed-with-partial-results, as the flow ends
     else:
         from flows import run_sweep
 
         man = run_sweep(cfg, num_cpus=args.num_cpus)
     print_where_to_look(man)
     return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def print_where_to_look(man: dict) -> None:

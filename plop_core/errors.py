@@ -28,6 +28,25 @@ _WEIGHTS_FIX = ("for an offline asset run `plop assets verify NAME`, then `plop 
                 "for a local folder, save it again with save_pretrained")
 
 
+class UnitsFailed(RuntimeError):
+    """A run finished with some units failed: the others' results are written (partial results). The
+    message names each failed unit and why, and where the summary is; exit status 1."""
+
+    def __init__(self, failed: list[dict], n_units: int, summary: str | None = None):
+        self.failed, self.n_units, self.summary = list(failed), n_units, summary
+        shown = "; ".join(f"{f['unit']}: {_short(f['error'])}" for f in self.failed[:3])
+        more = f"; and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+        where = f"partial results: {n_units - len(self.failed)} unit(s) written, summary {summary}" if summary else \
+            f"{n_units - len(self.failed)} unit(s) written"
+        super().__init__(f"{len(self.failed)} of {n_units} unit(s) failed: {shown}{more}\n"
+                         f"{where}; rerun the same command to retry only the failed units")
+
+
+def _short(text: str, n: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= n else line[: n - 3] + "..."
+
+
 def debug_enabled() -> bool:
     """True when PLOP_DEBUG is set to anything but '', '0' or 'false'."""
     return os.environ.get("PLOP_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
@@ -63,6 +82,8 @@ def explain(exc: BaseException) -> str:
     names = _names(exc)
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted; finished results are kept, rerun the same command to continue"
+    if isinstance(exc, UnitsFailed):
+        return str(exc)
     if "ValidationError" in names and hasattr(exc, "errors"):  # pydantic
         parts = []
         for err in exc.errors():
@@ -95,4 +116,6 @@ def exit_status(exc: BaseException) -> int:
     """2 for bad input and environment problems `explain` knows, 130 for Ctrl-C, 1 for anything else."""
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(exc, UnitsFailed):
+        return INTERNAL
     return INTERNAL if explain(exc).startswith("internal error:") else USAGE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from plop_core import atomic
 from plop_core.config import SweepConfig
 from plop_core.units import plan, report, results, work
 from plop_core.units.layout import Layout
@@ -78,6 +79,8 @@ def finish_sweep(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_
     """Summary markdown + manifest under the root, logged on the parent MLflow run, which ends FINISHED
     (or FAILED when a unit failed). Returns the manifest with `markdown`, `manifest` and `summary` paths."""
     uri = tracker.uri if tracker else ""
+    # leftovers of writers that died mid-write (a killed worker or driver) go; live writers' files stay
+    extra["temp_files_removed"] = [layout.rel(p) for p in atomic.remove_dead_temps(layout.root)]
     md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
     man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
                           mlflow_parent_run_id=tracker.parent_run_id if tracker else None, **extra)

@@ -101,6 +101,6 @@ def plop_sweep(config: SweepConfig) -> dict:
         raise
     finally:
         if tracker is not None and status:
-            tracker.end(status)
+            tracker.end(status, quiet=True)
     failed = units_failed(man)  # failed-with-partial-results: every other unit's results are written
     return Failed(message=str(failed), data=failed) if failed else man

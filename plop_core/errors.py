@@ -106,6 +106,9 @@ def explain(exc: BaseException) -> str:
         return f"not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); fix the file"
     if isinstance(exc, OSError):
         return _os_error(exc) or _first_arg(exc)
+    if "database or disk is full" in str(exc):  # SQLite (the MLflow store) hit a full disk
+        return ("no space left on the device (the MLflow SQLite store); free space there, or write elsewhere "
+                "(outputs.root / outputs.mlflow_uri), then rerun")
     if isinstance(exc, (ValueError, LookupError)) or "ChecksumError" in names:
         return _first_arg(exc)  # plop's own messages name the field and the fix
     first = (str(exc).strip().splitlines() or [""])[0][:300]

@@ -69,7 +69,7 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
         man = finish_sweep(cfg, layout, outcomes, run_ids, experiments, tracker)
     except BaseException as e:
         if tracker:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", quiet=True)
         raise
     return man
 

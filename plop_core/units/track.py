@@ -38,11 +38,18 @@ class Tracker:
             tracking.client_for(uri).set_tag(parent, "plop.stale_runs_killed", ",".join(killed)[:5000])
         return cls(uri, exp_id, parent)
 
-    def end(self, status: str = "FINISHED") -> None:
-        """End the parent run, and any nested run a failure left open, with `status`."""
-        for run_id in _running_descendants(tracking.client_for(self.uri), self.experiment_id, {self.parent_run_id}):
-            tracking.end_run(self.uri, run_id, status)
-        tracking.end_run(self.uri, self.parent_run_id, status)
+    def end(self, status: str = "FINISHED", quiet: bool = False) -> None:
+        """End the parent run, and any nested run a failure left open, with `status`. `quiet`: on a failure
+        path, an MLflow store that fails too (full disk) must not hide the first error; the run stays
+        RUNNING and the next sweep marks it KILLED (its driver is gone by then)."""
+        try:
+            for run_id in _running_descendants(tracking.client_for(self.uri), self.experiment_id,
+                                               {self.parent_run_id}):
+                tracking.end_run(self.uri, run_id, status)
+            tracking.end_run(self.uri, self.parent_run_id, status)
+        except Exception:
+            if not quiet:
+                raise
 
     def log_cell(self, rec: CellResult, layout: Layout, cached: bool) -> str:
         """A nested run per scoring cell: params, per-type NFN with intervals, tags, files. Returns its id."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -96,13 +95,12 @@ def test_planted_prefect_record_runs_code_when_a_cached_task_reads_it(tmp_path, 
     """Positive control: the planted record is live. A Prefect task whose cache key is the planted key
     and whose result storage is the planted folder unpickles it, and the marker appears."""
     from prefect import flow, task
-    from prefect.filesystems import LocalFileSystem
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
     marker = tmp_path / "PWNED"
     _plant_prefect_record(tmp_path / ".prefect-results", "planted", marker)
 
-    @task(cache_key_fn=lambda *_: "planted", persist_result=True,
-          result_storage=LocalFileSystem(basepath=str(tmp_path / ".prefect-results")))
+    @task(cache_key_fn=lambda *_: "planted", persist_result=True)
     def cached_task():
         return "computed"
 
@@ -110,7 +108,8 @@ def test_planted_prefect_record_runs_code_when_a_cached_task_reads_it(tmp_path, 
     def victim():
         return cached_task()
 
-    victim()
+    with temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: tmp_path / ".prefect-results"}):
+        victim()
     assert marker.exists()
 
 
@@ -130,7 +129,6 @@ def test_planted_pickles_are_never_loaded(tmp_path, prefect_api):
         r = plop(*args, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         planted |= _plant_everywhere(root, home, marker)  # cached run: next to every record too
-        tampered = [c for c in _manifest(root, f"planted-{mode}")["cells"]]
         r = plop(*args, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert not marker.exists(), mode
@@ -141,7 +139,7 @@ def test_planted_pickles_are_never_loaded(tmp_path, prefect_api):
         # other cell was reused
         man = _manifest(root, f"planted-{mode}")
         assert sorted(c["cached"] for c in man["cells"]) == [False, True], man["cells"]
-        assert len(tampered) == 2 and assert_every_record_done(root) == 2
+        assert assert_every_record_done(root) == 2
 
 
 # ---------------------------------------------------------------- kill -9 of a Ray worker mid-cell
@@ -330,9 +328,3 @@ def test_out_of_memory_in_one_cell_fails_it_alone(tmp_path):
     assert [(c["model_name"], c["ok"]) for c in man["cells"]] == [("tiny", True), ("wide", False)]
     assert assert_every_record_done(root) == 1 and temp_files(root) == []
     assert "## Failed units" in (root / "sweeps" / "oom" / "summary.md").read_text()
-
-
-def test_processes_left_behind_are_none(tmp_path):
-    """The tests above start sweeps in subprocesses: none of their Ray clusters may outlive them."""
-    out = subprocess.run(["pgrep", "-f", "/tmp/pr-"], capture_output=True, text=True).stdout.split()
-    assert out == [], out

@@ -91,6 +91,11 @@ def explain(exc: BaseException) -> str:
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{loc}: {msg}" + ("" if err["type"] == "value_error" else f" (got {err.get('input')!r})"))
         return f"invalid {getattr(exc, 'title', 'configuration')}: " + "; ".join(parts)
+    if "ParameterTypeError" in names:  # Prefect's validation of a flow's (a deployment's) parameters
+        lines = [ln.strip().removeprefix("- ").replace("Value error, ", "").replace(
+            "Extra inputs are not permitted", "unknown field; check the spelling (docs/config.md)")
+            for ln in str(exc).splitlines()[1:]]
+        return "invalid flow parameters: " + "; ".join(ln for ln in lines if ln)
     if "SafetensorError" in names or "HeaderTooLarge" in str(exc) or "MetadataIncompleteBuffer" in str(exc):
         return f"a weights file is damaged or truncated ({_first_arg(exc)}); {_WEIGHTS_FIX}"
     if "NonFiniteActivationError" in names:

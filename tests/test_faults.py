@@ -118,6 +118,7 @@ def test_planted_pickles_are_never_loaded(tmp_path, prefect_api):
     home = tmp_path / "prefect-home"
     attack = dict(PREFECT_RESULTS_PERSIST_BY_DEFAULT="true", PREFECT_RESULTS_DEFAULT_SERIALIZER="pickle",
                   PREFECT_HOME=str(home))
+    planted: set[str] = set()
     for mode in ("prefect", "serial"):
         root = tmp_path / f"results-{mode}"
         cfg = tiny_sweep(tmp_path, f"planted-{mode}", n_tasks=2, root=root)
@@ -125,7 +126,7 @@ def test_planted_pickles_are_never_loaded(tmp_path, prefect_api):
                        PREFECT_LOCAL_STORAGE_PATH=str(root / ".prefect-results"), **attack)
         args = ["sweep", cfg, "--num-cpus", "2"] + (["--serial"] if mode == "serial" else [])
         root.mkdir()
-        planted = _plant_everywhere(root, home, marker)  # fresh run: Prefect's folders and the root
+        planted |= _plant_everywhere(root, home, marker)  # fresh run: Prefect's folders and the root
         r = plop(*args, env=env)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         planted |= _plant_everywhere(root, home, marker)  # cached run: next to every record too

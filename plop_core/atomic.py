@@ -62,6 +62,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         normal_permissions(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # a failed write/flush: name the file being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -211,8 +211,9 @@ def test_read_only_results_root(tmp_path, prefect_api):
             r = plop("sweep", cfg, *args, env=env)
             assert r.returncode == 2, r.stderr[-2000:]
             lines = r.stderr.strip().splitlines()
-            assert lines[-1].startswith("  - outputs.root: ") and "read-only file system" in lines[-1], lines
-            assert lines[0] == "plop sweep: error: preflight found 1 problem (nothing was started):"
+            assert lines[0] == "plop sweep: error: preflight found 2 problems (nothing was started):", lines
+            assert lines[1].startswith("  - outputs.root: ") and "read-only file system" in lines[1], lines
+            assert lines[2].startswith("  - outputs.mlflow_uri: SQLite file ") and "read-only file system" in lines[2]
             assert "Traceback" not in r.stdout + r.stderr
         assert {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} == before
 
@@ -233,21 +234,37 @@ def test_read_only_root_through_the_flow_parameters(tmp_path, prefect_api):
         assert list((tmp_path / "mnt").iterdir()) == []
 
 
+def _fill(folder: Path) -> Path:
+    """Write a file until the device is full (another job filling a shared disk)."""
+    filler = folder / "filler.bin"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
 def test_full_results_root_then_resume(tmp_path):
-    """A results root that fills up mid-sweep: one-line error naming the full device, every record left
-    is a finished unit (nothing half-written, no temp files); after freeing space the same command
-    finishes, reusing what was done."""
+    """The results root fills up mid-sweep (after the first cell): one-line error naming the full device, every
+    record left is a finished unit (nothing half-written, no temp files); after freeing space the same
+    command finishes, reusing what was done."""
     n = 3
     cfg = tiny_sweep(tmp_path, "full", n_tasks=n, root=tmp_path / "mnt")
-    with tmpfs(tmp_path / "mnt", "1m") as root:  # the MLflow SQLite store alone takes about 1 MB
-        r = plop("sweep", cfg, "--serial")
-        assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-        last = r.stderr.strip().splitlines()[-1]
-        assert last.startswith("plop sweep: error: no space left on the device"), r.stderr[-2000:]
-        assert "free space there" in last and "Traceback" not in r.stdout + r.stderr
+    with tmpfs(tmp_path / "mnt", "64m") as root:
+        run = plop_popen("sweep", cfg, "--serial", log=tmp_path / "run.log")
+        assert wait_until(lambda: list(root.glob("cells/**/record.json")), timeout=600, step=0.05)
+        filler = _fill(root)
+        assert run.wait(600) == 2, (tmp_path / "run.log").read_text()[-3000:]
+        out = (tmp_path / "run.log").read_text()
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("plop sweep: error: no space left on the device"), out[-3000:]
+        assert "free space there" in last and "Traceback" not in out
         done = assert_every_record_done(root)
-        assert temp_files(root) == []
-        remount(root, "size=256m")
+        assert 1 <= done < n and temp_files(root) == []
+        filler.unlink()
         r = plop("sweep", cfg, "--serial")
         assert r.returncode == 0, r.stderr[-2000:]
         man = _manifest(root, "full")
@@ -283,16 +300,16 @@ def test_two_concurrent_sweeps_on_one_root_and_mlflow_store(tmp_path, prefect_ap
 
 
 def _wide_llama(path: Path) -> Path:
-    """A 1-layer Llama whose MLP is 2**21 wide: ~200 MB of weights, but one 512-token sequence needs
-    4 GB per MLP activation, so no batch size fits under the test's memory limit."""
+    """A 1-layer Llama whose MLP is 2**22 wide: ~200 MB of weights, but one 256-token sequence needs
+    4 GB per MLP activation (gate and up: 8 GB), so no batch size fits under the test's memory limit."""
     import torch
     import transformers as T
 
     from tests.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    cfg = T.LlamaConfig(hidden_size=8, intermediate_size=2**21, num_hidden_layers=1, num_attention_heads=1,
-                        num_key_value_heads=1, max_position_embeddings=512, vocab_size=512,
+    cfg = T.LlamaConfig(hidden_size=4, intermediate_size=2**22, num_hidden_layers=1, num_attention_heads=1,
+                        num_key_value_heads=1, max_position_embeddings=256, vocab_size=512,
                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     T.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
@@ -305,7 +322,7 @@ def test_out_of_memory_in_one_cell_fails_it_alone(tmp_path):
 
     import yaml
 
-    cfg_path = tiny_sweep(tmp_path, "oom", n_tasks=1, sampling={"n_samples": 4, "max_length": 512},
+    cfg_path = tiny_sweep(tmp_path, "oom", n_tasks=1, sampling={"n_samples": 4, "max_length": 256},
                           scorer={"n_probe": 16, "n_bootstrap": 20, "batch_size": 4})
     cfg = yaml.safe_load(cfg_path.read_text())
     long = tmp_path / "long.jsonl"

@@ -8,6 +8,7 @@ explicit run ids).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from plop_core import driver, tracking
@@ -42,6 +43,10 @@ class Tracker:
         """End the parent run, and any nested run a failure left open, with `status`. `quiet`: on a failure
         path, an MLflow store that fails too (full disk) must not hide the first error; the run stays
         RUNNING and the next sweep marks it KILLED (its driver is gone by then)."""
+        mlflow_log = logging.getLogger("mlflow")
+        level = mlflow_log.level
+        if quiet:  # MLflow logs its store's failures with a traceback of its own
+            mlflow_log.setLevel(logging.CRITICAL + 1)
         try:
             for run_id in _running_descendants(tracking.client_for(self.uri), self.experiment_id,
                                                {self.parent_run_id}):
@@ -50,6 +55,8 @@ class Tracker:
         except Exception:
             if not quiet:
                 raise
+        finally:
+            mlflow_log.setLevel(level)
 
     def log_cell(self, rec: CellResult, layout: Layout, cached: bool) -> str:
         """A nested run per scoring cell: params, per-type NFN with intervals, tags, files. Returns its id."""

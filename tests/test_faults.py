@@ -341,6 +341,7 @@ def test_out_of_memory_in_one_cell_fails_it_alone(tmp_path):
     err = r.stderr.strip().splitlines()
     assert err[-2].startswith("plop sweep: error: 1 of 2 unit(s) failed: score wide on long: "), err[-3:]
     assert "memory" in err[-2].lower() and err[-1].startswith("partial results: 1 unit(s) written, summary ")
+    print("\n".join(err[-2:]))  # the measured message (docs/reliability.md)
     root = Path(cfg["outputs"]["root"])
     man = _manifest(root, "oom")
     assert [(c["model_name"], c["ok"]) for c in man["cells"]] == [("tiny", True), ("wide", False)]

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+    from plop_core.errors import Terminated
+
+    raise Terminated(f"signal {signum}")  # inside a flow run Prefect's own handler raises TerminationSignal
 
 
 def print_where_to_look(man: dict) -> None:

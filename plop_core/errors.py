@@ -22,10 +22,19 @@ import os
 USAGE = 2  # bad input or environment: the message says what to change
 INTERNAL = 1  # unexpected: a bug or a failure we did not anticipate
 INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
+TERMINATED = 143  # SIGTERM (128 + 15): a scheduler or `kill` asked the run to stop
 
 DEBUG_HINT = "rerun with --debug (or PLOP_DEBUG=1) to see the traceback, and report it if it looks like a bug"
 _WEIGHTS_FIX = ("for an offline asset run `plop assets verify NAME`, then `plop assets fetch NAME --force`; "
                 "for a local folder, save it again with save_pretrained")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into the Ctrl-C path (`plop sweep` installs the handler), so runs end KILLED/Crashed."""
+
+
+def _terminated(exc: BaseException) -> bool:
+    return isinstance(exc, Terminated) or "TerminationSignal" in _names(exc)  # Prefect's, inside a flow run
 
 
 class UnitsFailed(RuntimeError):
@@ -80,6 +89,8 @@ def _os_error(e: OSError) -> str | None:
 def explain(exc: BaseException) -> str:
     """One or two lines: what went wrong (naming the field, file or module) and what to do about it."""
     names = _names(exc)
+    if _terminated(exc):
+        return "terminated (SIGTERM); finished results are kept, rerun the same command to continue"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted; finished results are kept, rerun the same command to continue"
     if isinstance(exc, UnitsFailed):
@@ -121,7 +132,10 @@ def explain(exc: BaseException) -> str:
 
 
 def exit_status(exc: BaseException) -> int:
-    """2 for bad input and environment problems `explain` knows, 130 for Ctrl-C, 1 for anything else."""
+    """2 for bad input and environment problems `explain` knows, 130 for Ctrl-C, 143 for SIGTERM, 1 for anything
+    else."""
+    if _terminated(exc):
+        return TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
     if isinstance(exc, UnitsFailed):

@@ -89,3 +89,12 @@ def test_full_sqlite_store_is_no_space():
 
     e = sqlite3.OperationalError("database or disk is full")
     assert explain(e).startswith("no space left on the device (the MLflow SQLite store)") and exit_status(e) == 2
+
+
+def test_sigterm_is_terminated_status_143():
+    from prefect.exceptions import TerminationSignal
+
+    from plop_core.errors import Terminated
+
+    for e in (Terminated("signal 15"), TerminationSignal(15)):
+        assert explain(e).startswith("terminated (SIGTERM); finished results are kept") and exit_status(e) == 143

@@ -8,7 +8,7 @@ Asserted, from what the processes and stores recorded (no mocks):
   rerun marks them KILLED / Crashed, naming the dead driver (pid/host tags);
 - the rerun reuses exactly the units finished before the kill (manifest `cached`, records untouched:
   same mtime) and computes only the rest; every cell is present once; no temp files are left;
-- SIGTERM (what schedulers send first) ends the runs KILLED / Crashed right away instead.
+- SIGTERM (what schedulers send first) ends the runs KILLED / Crashed right away instead (exit 143).
 """
 
 from __future__ import annotations
@@ -115,9 +115,10 @@ def test_sigterm_ends_the_runs_killed_and_crashed(tmp_path):
     driver = plop_popen("sweep", cfg, "--num-cpus", "2", env=env, log=tmp_path / "run.log")
     assert wait_until(lambda: list(root.glob("cells/**/record.json")), timeout=900, step=0.05)
     driver.send_signal(signal.SIGTERM)
-    assert driver.wait(120) == 130
+    assert driver.wait(120) == 143
     log = (tmp_path / "run.log").read_text()
-    assert "plop sweep: error: interrupted; finished results are kept, rerun the same command to continue" in log
+    assert log.strip().splitlines()[-1] == ("plop sweep: error: terminated (SIGTERM); finished results are kept, "
+                                            "rerun the same command to continue"), log[-3000:]
     assert list(_mlflow_parents(root, "terminated")["status"]) == ["KILLED"]
     assert [s for _, s, _ in _flow_runs(home)] == ["Crashed"]
     assert wait_until(lambda: not _leftovers(home, ray_tmp), timeout=30)

@@ -23,7 +23,7 @@ from prefect_ray.context import remote_options
 
 from flows.runtime import ray_task_runner
 from plop_core.config import SweepConfig
-from plop_core.errors import debug_enabled, explain
+from plop_core.errors import debug_enabled, explain, interruption
 from plop_core.preflight import preflight
 from plop_core.units import Layout, plan
 from plop_core.units.report import units_failed
@@ -93,6 +93,9 @@ def plop_sweep(config: SweepConfig) -> dict:
         report.report_sweep(cfg.name, man["markdown"])
         print(man["markdown"])
     except Exception as e:  # the error boundary: one line (errors.explain) in the state, MLflow run FAILED
+        if (signal := interruption(e)) is not None:  # a Ctrl-C/SIGTERM that surfaced inside C code
+            status = "KILLED"
+            raise signal from e
         if debug_enabled():
             raise  # PLOP_DEBUG=1: Prefect logs the traceback
         return Failed(message=explain(e), data=e)

@@ -37,6 +37,18 @@ def _terminated(exc: BaseException) -> bool:
     return isinstance(exc, Terminated) or "TerminationSignal" in _names(exc)  # Prefect's, inside a flow run
 
 
+def interruption(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C / SIGTERM behind `exc`, if any: a signal handler that raises while C code runs surfaces as
+    another error (e.g. `SystemError: ... returned a result with an exception set`) chained to it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt) or _terminated(exc):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class UnitsFailed(RuntimeError):
     """A run finished with some units failed: the others' results are written (partial results). The
     message names each failed unit and why, and where the summary is; exit status 1."""
@@ -88,6 +100,7 @@ def _os_error(e: OSError) -> str | None:
 
 def explain(exc: BaseException) -> str:
     """One or two lines: what went wrong (naming the field, file or module) and what to do about it."""
+    exc = interruption(exc) or exc
     names = _names(exc)
     if _terminated(exc):
         return "terminated (SIGTERM); finished results are kept, rerun the same command to continue"
@@ -134,6 +147,7 @@ def explain(exc: BaseException) -> str:
 def exit_status(exc: BaseException) -> int:
     """2 for bad input and environment problems `explain` knows, 130 for Ctrl-C, 143 for SIGTERM, 1 for anything
     else."""
+    exc = interruption(exc) or exc
     if _terminated(exc):
         return TERMINATED
     if isinstance(exc, KeyboardInterrupt):

@@ -98,3 +98,15 @@ def test_sigterm_is_terminated_status_143():
 
     for e in (Terminated("signal 15"), TerminationSignal(15)):
         assert explain(e).startswith("terminated (SIGTERM); finished results are kept") and exit_status(e) == 143
+
+
+def test_a_signal_surfacing_inside_c_code_is_still_the_signal():
+    from plop_core.errors import Terminated
+
+    try:
+        try:
+            raise Terminated("signal 15")
+        except BaseException as sig:
+            raise SystemError("<built-in method __new__> returned a result with an exception set") from sig
+    except SystemError as e:
+        assert explain(e).startswith("terminated (SIGTERM)") and exit_status(e) == 143

@@ -296,6 +296,49 @@ def test_two_concurrent_sweeps_on_one_root_and_mlflow_store(tmp_path, prefect_ap
     assert set(runs["status"]) == {"FINISHED"} and (runs["tags.plop.level"] == "cell").sum() == 2 * n
 
 
+# ---------------------------------------------------------------- a unit failing inside the Prefect flow
+
+
+def test_failed_unit_in_the_flow_ends_failed_with_partial_results(tmp_path, prefect_api):
+    """A model whose weights hold a NaN passes preflight (headers are fine) and fails its cell on a Ray
+    worker (retried once): the flow run ends Failed, the MLflow parent run FAILED, the good cell is written,
+    and `plop sweep` prints two lines naming the failed unit and why, exit status 1."""
+    import torch
+    import yaml
+    from prefect.client.orchestration import get_client
+
+    from plop_core import tracking
+    from tests.tiny import save_tiny
+
+    cfg_path = tiny_sweep(tmp_path, "nan", n_tasks=1)
+    nan_dir = save_tiny("llama", tmp_path / "nan-llama", seed=1)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(nan_dir / "model.safetensors")
+    name = next(k for k in weights if k.endswith("layers.0.self_attn.q_proj.weight"))
+    weights[name][0, 0] = torch.nan
+    save_file(weights, nan_dir / "model.safetensors", metadata={"format": "pt"})
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["models"].append({"id": str(nan_dir), "name": "nan"})
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = plop("sweep", cfg_path, "--num-cpus", "2", env=plop_env(PREFECT_API_URL=prefect_api, PLOP_RAY_TMP=_ray_tmp()))
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-3000:]
+    err = r.stderr.strip().splitlines()
+    assert err[-2].startswith("plop sweep: error: 1 of 2 unit(s) failed: score nan on t0: "), err[-3:]
+    assert "non-finite" in err[-2] and "self_attn.q_proj" in err[-2]
+    assert err[-1].startswith("partial results: 1 unit(s) written, summary ") and err[-1].endswith(
+        "rerun the same command to retry only the failed units")
+    root = Path(cfg["outputs"]["root"])
+    man = _manifest(root, "nan")
+    assert [(c["model_name"], c["ok"]) for c in man["cells"]] == [("tiny", True), ("nan", False)]
+    assert assert_every_record_done(root) == 1
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(man["flow_run_id"]).state
+    assert state.name == "Failed" and "1 of 2 unit(s) failed: score nan on t0" in state.message
+    runs = tracking.find_runs(man["mlflow_uri"], "nan")
+    assert list(runs[runs["tags.plop.level"] == "sweep"]["status"]) == ["FAILED"]
+
+
 # ---------------------------------------------------------------- out of memory in one cell
 
 

@@ -17,6 +17,7 @@ import sys
 
 from plop_core import atomic
 from plop_core.config import SweepConfig
+from plop_core.errors import interruption
 from plop_core.units import plan, report, results, work
 from plop_core.units.layout import Layout
 from plop_core.units.records import Experiment, Outcome, ScoringCell
@@ -69,7 +70,7 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
         man = finish_sweep(cfg, layout, outcomes, run_ids, experiments, tracker)
     except BaseException as e:
         if tracker:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", quiet=True)
+            tracker.end("KILLED" if interruption(e) else "FAILED", quiet=True)  # Ctrl-C / SIGTERM: KILLED
         raise
     return man
 

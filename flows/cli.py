@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 
@@ -36,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from plop_core.config import load_sweep_config
+    from plop_core.errors import sigterm_as_interrupt
     from plop_core.preflight import preflight
 
     cfg = load_sweep_config(args.config, args.overrides)
@@ -44,7 +44,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         print(report.summary(), file=sys.stderr)  # stdout stays pure JSON for tools
         return 0
-    signal.signal(signal.SIGTERM, _terminate)  # SIGTERM ends runs as Ctrl-C does (KILLED / Crashed), never RUNNING
+    with sigterm_as_interrupt():  # SIGTERM ends runs as Ctrl-C does (KILLED / Crashed), never RUNNING
+        man = _run(cfg, args)
+    print_where_to_look(man)
+    return 0
+
+
+def _run(cfg, args) -> dict:
     if args.serial:
         from plop_core.units import run_serial
         from plop_core.units.report import units_failed
@@ -58,14 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from flows import run_sweep
 
         man = run_sweep(cfg, num_cpus=args.num_cpus)
-    print_where_to_look(man)
-    return 0
-
-
-def _terminate(signum, frame):
-    from plop_core.errors import Terminated
-
-    raise Terminated(f"signal {signum}")  # inside a flow run Prefect's own handler raises TerminationSignal
+    return man
 
 
 def print_where_to_look(man: dict) -> None:

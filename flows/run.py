@@ -10,6 +10,7 @@ from prefect import tags
 from flows.runtime import prefect_api, ray_cluster
 from flows.stale import crash_orphan_task_runs, crash_stale_flow_runs, driver_tag
 from plop_core.config import SweepConfig, load_sweep_config
+from plop_core.errors import sigterm_as_interrupt
 
 
 def run_sweep(config: SweepConfig | dict | str, overrides: list[str] | None = None,
@@ -24,8 +25,9 @@ def run_sweep(config: SweepConfig | dict | str, overrides: list[str] | None = No
         stale = crash_stale_flow_runs()  # flow runs of drivers killed earlier: Crashed, never Running forever
         with tags(driver_tag()):
             if cfg.resources.use_ray:
-                with ray_cluster(api_url, cfg.resources.ray_address, num_cpus):
-                    # Ray is already initialised here; the flow's task runner reuses it
+                # Ray is already initialised here and the flow's task runner reuses it; ray.init replaced the
+                # SIGTERM handler with sys.exit(15), which would skip every `finally`: ours again
+                with ray_cluster(api_url, cfg.resources.ray_address, num_cpus), sigterm_as_interrupt():
                     state = plop_sweep(config=cfg, return_state=True)
             else:  # Prefect's process pool on this machine (still processes, never threads)
                 from prefect.task_runners import ProcessPoolTaskRunner

@@ -15,9 +15,12 @@ traceback instead. Known classes are matched by name where importing them would 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
+import threading
 
 USAGE = 2  # bad input or environment: the message says what to change
 INTERNAL = 1  # unexpected: a bug or a failure we did not anticipate
@@ -31,6 +34,25 @@ _WEIGHTS_FIX = ("for an offline asset run `plop assets verify NAME`, then `plop 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM turned into the Ctrl-C path (`plop sweep` installs the handler), so runs end KILLED/Crashed."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises `Terminated` (the Ctrl-C path: `finally` blocks run, runs end KILLED /
+    Crashed, exit 143) instead of killing the process outright. Main thread only (a no-op elsewhere); enter
+    it again after `ray.init`, which installs its own SIGTERM handler (`sys.exit(15)`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
 
 
 def _terminated(exc: BaseException) -> bool:

@@ -22,11 +22,29 @@ from tests.tiny import save_tiny
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_sweep(d: Path, name: str, n_tasks: int = 2, root: Path | None = None, **extra) -> Path:
-    """A sweep YAML over one tiny saved Llama and `n_tasks` small JSONL tasks; returns its path."""
+def _wider_llama(path: Path) -> Path:
+    """A 4-layer, 256-wide Llama: still small, but each cell takes seconds, so a kill lands mid-sweep."""
+    import torch
+    import transformers as T
+
+    from tests.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = T.LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=4, max_position_embeddings=256, vocab_size=512,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_sweep(d: Path, name: str, n_tasks: int = 2, root: Path | None = None, wider: bool = False,
+               **extra) -> Path:
+    """A sweep YAML over one tiny saved Llama (`wider`: 4 layers x 256) and `n_tasks` small JSONL tasks."""
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "tiny-llama" / "config.json").exists():
-        save_tiny("llama", d / "tiny-llama", seed=0)
+        _wider_llama(d / "tiny-llama") if wider else save_tiny("llama", d / "tiny-llama", seed=0)
     tasks = []
     for i in range(n_tasks):
         rows = [{"question": f"Task {i}: {j} plus {i + j} is how much?", "answer": str(i + 2 * j)} for j in range(24)]

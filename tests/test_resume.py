@@ -35,7 +35,7 @@ from tests.faultkit import (
 
 pytestmark = pytest.mark.slow
 
-N_CELLS = 5
+N_CELLS = 6
 
 
 def _flow_runs(prefect_home: Path) -> list[tuple[str, str, list[str]]]:
@@ -53,7 +53,8 @@ def _mlflow_parents(root: Path, name: str):
 
 
 def _start(tmp_path: Path, name: str, n: int = N_CELLS):
-    cfg = tiny_sweep(tmp_path, name, n_tasks=n, scorer={"n_probe": 64, "n_bootstrap": 400, "batch_size": 2})
+    cfg = tiny_sweep(tmp_path, name, n_tasks=n, wider=True, sampling={"n_samples": 16, "max_length": 64},
+                     scorer={"n_probe": 256, "n_bootstrap": 1000, "batch_size": 2})
     ray_tmp = f"/tmp/pk-{uuid.uuid4().hex[:6]}"
     env = plop_env(PREFECT_API_URL=None, PREFECT_HOME=str(tmp_path / "prefect-home"), PLOP_RAY_TMP=ray_tmp)
     return cfg, env, ray_tmp

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from plop_core.config import load_sweep_config
+    from plop_core.errors import sigterm_as_interrupt
     from plop_core.preflight import preflight
 
     cfg = load_sweep_config(args.config, args.overrides)
@@ -43,18 +44,27 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.model_dump(mode="json"), indent=2))
         print(report.summary(), file=sys.stderr)  # stdout stays pure JSON for tools
         return 0
+    with sigterm_as_interrupt():  # SIGTERM ends runs as Ctrl-C does (KILLED / Crashed), never RUNNING
+        man = _run(cfg, args)
+    print_where_to_look(man)
+    return 0
+
+
+def _run(cfg, args) -> dict:
     if args.serial:
         from plop_core.units import run_serial
+        from plop_core.units.report import units_failed
 
         man = run_serial(cfg)
         print(man["markdown"])
         man["prefect_mode"] = "none"
+        if units_failed(man):
+            raise units_failed(man)  # failed-with-partial-results, as the flow ends
     else:
         from flows import run_sweep
 
         man = run_sweep(cfg, num_cpus=args.num_cpus)
-    print_where_to_look(man)
-    return 0
+    return man
 
 
 def print_where_to_look(man: dict) -> None:

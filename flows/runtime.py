@@ -63,8 +63,11 @@ def local_prefect_server(home: str | Path | None = None, startup_timeout: float 
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
     log = open(home / f"server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+    # the server runs under flows/watchdog.py: if this process dies without its `finally` (kill -9),
+    # the watchdog sees its parent gone and stops the server and everything the server started
+    server = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "flows" / "watchdog.py"), "--parent", str(os.getpid()),
+                             "--grace", "20", "--", *server], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -77,11 +80,12 @@ def local_prefect_server(home: str | Path | None = None, startup_timeout: float 
         yield url
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # SIGINT shuts uvicorn down cleanly (gotcha 12)
+            proc.send_signal(signal.SIGINT)  # the watchdog passes SIGINT on: uvicorn shuts down cleanly (gotcha 12)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the watchdog leads the server's process group
                 proc.wait(10)
         log.close()
 

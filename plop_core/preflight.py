@@ -115,7 +115,11 @@ def _check_mlflow(uri: str, timeout: float) -> str | None:
         if path is None or not path.is_absolute():
             return f"{uri!r}: use an absolute SQLite path, sqlite:////abs/path/mlflow.db"
         if path.exists():
-            return None if os.access(path, os.W_OK) else f"SQLite file {path} is not writable; fix its permissions"
+            if os.access(path, os.W_OK):
+                return None
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                return f"SQLite file {path} is on a read-only file system; use a writable outputs.root or mlflow_uri"
+            return f"SQLite file {path} is not writable; fix its permissions"
         why = _probe_writable(_existing_ancestor(path.parent))
         return f"cannot create the SQLite store {path}: {why}" if why else None
     if uri.startswith(("http://", "https://")):

@@ -32,8 +32,16 @@ def resolve_tracking_uri(explicit: str | None, root: str | Path) -> str:
 
 
 def client_for(uri: str):
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    from plop_core.errors import debug_enabled
+
+    if not debug_enabled():
+        # MLflow's SQL store logs every database error with a traceback before raising it; the error still
+        # reaches the caller (the CLI's boundary explains it in one line, e.g. a full disk), so not twice
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return MlflowClient(tracking_uri=uri)
 
 

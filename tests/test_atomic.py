@@ -39,3 +39,30 @@ def test_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         raise RuntimeError("killed")
     assert [x.name for x in (tmp_path / "d").iterdir()] == ["keep"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["d", "x.txt"]
+
+
+def test_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    """Temp names carry the writer; a sweep removes the leftovers of writers that died (kill -9 mid-write)
+    on this host, never a live writer's file, nor one written on another host."""
+    import os
+    import subprocess
+    import sys
+
+    from plop_core import atomic
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with atomic_path(tmp_path / "live.parquet", ".parquet.tmp") as live:  # this process, mid-write
+        live.write_text("partial")
+        assert live.name.startswith(f".live.parquet.w{os.getpid()}-")
+        dead = tmp_path / "cells" / live.name.replace(f"w{os.getpid()}-", f"w{gone.pid}-").replace("live", "dead")
+        dead.parent.mkdir()
+        dead.write_text("partial")
+        remote = tmp_path / f".x.json.w{gone.pid}-00000000.abcd.tmp"
+        remote.write_text("partial")
+        dead_dir = tmp_path / f".adapter.w{gone.pid}-{atomic._HOST}.k2j4.tmpdir"
+        dead_dir.mkdir()
+        (dead_dir / "adapter_model.safetensors").write_text("partial")
+        removed = atomic.remove_dead_temps(tmp_path)
+        assert sorted(removed) == sorted([dead, dead_dir]) and live.exists() and remote.exists()
+    assert not live.exists()

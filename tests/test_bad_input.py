@@ -341,3 +341,60 @@ def test_truncated_asset_names_the_repair(tmp_path, llama_dir, monkeypatch):
 
     with pytest.raises(ChecksumError, match=rf"truncated; check it with `plop assets verify {ASSET}`"):
         resolve(ASSET, progress=False)
+
+
+# ---------------------------------------------------------------- deployment parameters (the flow's own validation)
+
+def _flow_config(work: Path, tiny: Path, **changes) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load(SWEEP.format(tiny=tiny, d=work))
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = cfg
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return cfg
+
+
+# (changes to the good config as `section__field=value`, field Prefect names, key phrase of the message)
+FLOW_CASES = [
+    pytest.param({"models": [{"id": "a", "name": "m"}, {"id": "b", "name": "m"}]}, "config.models",
+                 "models[0] (id 'a') and models[1] (id 'b') have the same label 'm'", id="flow-duplicate-model-names"),
+    pytest.param({"sampling__n_samples": 0}, "config.sampling.n_samples", "Input should be greater than or equal to 1",
+                 id="flow-n-samples-0"),
+    pytest.param({"samplng": {"n_samples": 4}}, "config.samplng", "unknown field", id="flow-unknown-section"),
+    pytest.param({"finetune": {"method": "sft", "arms": ["plop", "qkvo"]}}, "config.finetune.arms",
+                 "unknown arm 'qkvo'", id="flow-unknown-arm"),
+    pytest.param({"finetune": {"method": "sft", "seeds": [0, -3]}}, "config.finetune.seeds.1",
+                 "Input should be greater than or equal to 0", id="flow-negative-seed"),
+    pytest.param({"outputs__experiment": "../../../x"}, "config.outputs.experiment",
+                 "must be a plain name, not a path", id="flow-experiment-escapes"),
+    pytest.param({"models": [{"id": "a", "name": "../up"}]}, "config.models.0.name", "is not a safe folder name",
+                 id="flow-model-name-dotdot"),
+    pytest.param({"tasks": ["gsm8k", "arithmetic", "gsm8k"]}, "config.tasks", "are the same task",
+                 id="flow-duplicate-tasks"),
+    pytest.param({"selection__strategy": "best"}, "config.selection.strategy", "Input should be 'plop'",
+                 id="flow-strategy-unknown"),
+    pytest.param({"models": []}, "config.models", "at least 1 item", id="flow-no-models"),
+]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(("changes", "field", "phrase"), FLOW_CASES)
+def test_flow_parameters(work, llama_dir, prefect_api, changes, field, phrase):
+    """A deployment (or a script) calls `flows.sweep.plop_sweep(config=...)` with a config dict: Prefect's
+    parameter validation runs the schema before any work; the run is Failed with the field in its message,
+    and the error the caller gets explains in one line with the field (plop_core.errors.explain), status 2."""
+    from flows.sweep import plop_sweep
+    from plop_core.errors import exit_status, explain
+
+    state = plop_sweep(config=_flow_config(work, llama_dir, **changes), return_state=True)
+    assert state.is_failed() and f"{field}: " in state.message
+    with pytest.raises(Exception) as e:
+        state.result()
+    msg = explain(e.value)
+    assert msg.startswith("invalid flow parameters: ") and f"{field}: " in msg and phrase in msg, msg
+    assert "\n" not in msg and exit_status(e.value) == 2
+    assert not (work / "root").exists()

@@ -69,3 +69,44 @@ def test_validation_error_names_the_field():
         SamplingConfig(n_samples=0)
     assert explain(info.value) == ("invalid SamplingConfig: n_samples: Input should be greater than or equal to 1 "
                                    "(got 0)")
+
+
+def test_units_failed_is_two_lines_naming_each_unit_and_the_summary():
+    from plop_core.errors import UnitsFailed
+
+    failed = [{"unit": f"score m{i} on t", "error": f"RuntimeError: boom {i}\nsecond line"} for i in range(4)]
+    e = UnitsFailed(failed, 10, "/r/sweeps/s/summary.md")
+    assert explain(e).splitlines() == [
+        "4 of 10 unit(s) failed: score m0 on t: RuntimeError: boom 0 second line; score m1 on t: RuntimeError: "
+        "boom 1 second line; score m2 on t: RuntimeError: boom 2 second line; and 1 more",
+        "partial results: 6 unit(s) written, summary /r/sweeps/s/summary.md; rerun the same command to retry only "
+        "the failed units"]
+    assert exit_status(e) == 1
+
+
+def test_full_sqlite_store_is_no_space():
+    import sqlite3
+
+    e = sqlite3.OperationalError("database or disk is full")
+    assert explain(e).startswith("no space left on the device (the MLflow SQLite store)") and exit_status(e) == 2
+
+
+def test_sigterm_is_terminated_status_143():
+    from prefect.exceptions import TerminationSignal
+
+    from plop_core.errors import Terminated
+
+    for e in (Terminated("signal 15"), TerminationSignal(15)):
+        assert explain(e).startswith("terminated (SIGTERM); finished results are kept") and exit_status(e) == 143
+
+
+def test_a_signal_surfacing_inside_c_code_is_still_the_signal():
+    from plop_core.errors import Terminated
+
+    try:
+        try:
+            raise Terminated("signal 15")
+        except BaseException as sig:
+            raise SystemError("<built-in method __new__> returned a result with an exception set") from sig
+    except SystemError as e:
+        assert explain(e).startswith("terminated (SIGTERM)") and exit_status(e) == 143

@@ -99,8 +99,17 @@ def manifest(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids:
                    "files": o.result.files if o.ok else {}} for o in cells],
         "model_loads": sum(1 for o in cells if o.ok and not o.cached and o.result.model_loaded),
         "experiments": [e.model_dump(mode="json") for e in experiments],
+        "n_units": len(outcomes),
         "failed": [{"unit": describe(o.unit), "key": o.unit.key, "error": o.error} for o in outcomes if not o.ok],
         **extra}
+
+
+def units_failed(man: dict):
+    """The error a run with failed units ends with (`plop_core.errors.UnitsFailed`: names each failed unit
+    and why, and where the partial results are), or None when every unit finished."""
+    from plop_core.errors import UnitsFailed
+
+    return UnitsFailed(man["failed"], man["n_units"], man.get("summary")) if man["failed"] else None
 
 
 def write_sweep_report(layout: Layout, name: str, markdown: str, man: dict) -> tuple[str, str]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sys
 
+from plop_core import atomic
 from plop_core.config import SweepConfig
+from plop_core.errors import interruption
 from plop_core.units import plan, report, results, work
 from plop_core.units.layout import Layout
 from plop_core.units.records import Experiment, Outcome, ScoringCell
@@ -68,7 +70,7 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
         man = finish_sweep(cfg, layout, outcomes, run_ids, experiments, tracker)
     except BaseException as e:
         if tracker:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            tracker.end("KILLED" if interruption(e) else "FAILED", quiet=True)  # Ctrl-C / SIGTERM: KILLED
         raise
     return man
 
@@ -78,6 +80,8 @@ def finish_sweep(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_
     """Summary markdown + manifest under the root, logged on the parent MLflow run, which ends FINISHED
     (or FAILED when a unit failed). Returns the manifest with `markdown`, `manifest` and `summary` paths."""
     uri = tracker.uri if tracker else ""
+    # leftovers of writers that died mid-write (a killed worker or driver) go; live writers' files stay
+    extra["temp_files_removed"] = [layout.rel(p) for p in atomic.remove_dead_temps(layout.root)]
     md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
     man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
                           mlflow_parent_run_id=tracker.parent_run_id if tracker else None, **extra)

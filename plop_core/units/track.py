@@ -8,9 +8,10 @@ explicit run ids).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from plop_core import tracking
+from plop_core import driver, tracking
 from plop_core.config import SweepConfig
 from plop_core.mlflow_training import log_training_record
 from plop_core.runtime_info import runtime
@@ -41,13 +42,33 @@ class Tracker:
         uri = tracking.resolve_tracking_uri(cfg.outputs.mlflow_uri, root)
         exp_id = tracking.ensure_experiment(uri, cfg.outputs.experiment, root)
         cfg_dict = cfg.model_dump(mode="json")
+        killed = end_stale_runs(uri, exp_id, cfg.name)
+        me = {f"plop.driver_{k}": v for k, v in driver.identity().items()}
         parent = tracking.start_run(uri, exp_id, cfg.name, params=tracking.flatten(cfg_dict),
-                                    tags={"plop.level": "sweep", "plop.flow": flow, "plop.sweep": cfg.name,
+                                    tags={"plop.level": "sweep", "plop.flow": flow, "plop.sweep": cfg.name, **me,
                                           **runtime_tags(runtime())})
+        if killed:
+            tracking.client_for(uri).set_tag(parent, "plop.stale_runs_killed", ",".join(killed)[:5000])
         return cls(uri, exp_id, parent)
 
-    def end(self, status: str = "FINISHED") -> None:
-        tracking.end_run(self.uri, self.parent_run_id, status)
+    def end(self, status: str = "FINISHED", quiet: bool = False) -> None:
+        """End the parent run, and any nested run a failure left open, with `status`. `quiet`: on a failure
+        path, an MLflow store that fails too (full disk) must not hide the first error; the run stays
+        RUNNING and the next sweep marks it KILLED (its driver is gone by then)."""
+        mlflow_log = logging.getLogger("mlflow")
+        level = mlflow_log.level
+        if quiet:  # MLflow logs its store's failures with a traceback of its own
+            mlflow_log.setLevel(logging.CRITICAL + 1)
+        try:
+            for run_id in _running_descendants(tracking.client_for(self.uri), self.experiment_id,
+                                               {self.parent_run_id}):
+                tracking.end_run(self.uri, run_id, status)
+            tracking.end_run(self.uri, self.parent_run_id, status)
+        except Exception:
+            if not quiet:
+                raise
+        finally:
+            mlflow_log.setLevel(level)
 
     def log_cell(self, rec: CellResult, layout: Layout, cached: bool) -> str:
         """A nested run per scoring cell: params, per-type NFN with intervals, tags, files. Returns its id."""
@@ -111,3 +132,30 @@ class Tracker:
         tracking.log_artifact(self.uri, self.parent_run_id, path)
         if chart:
             tracking.log_artifact(self.uri, self.parent_run_id, chart)
+
+
+def _running_descendants(client, experiment_id: str, parents: set[str]) -> list[str]:
+    """RUNNING runs nested (at any depth) under `parents`."""
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    parent_of = {r.info.run_id: r.data.tags.get(tracking.PARENT_TAG) for r in running}
+    found, frontier = [], set(parents)
+    while frontier:
+        frontier = {rid for rid, p in parent_of.items() if p in frontier and rid not in found}
+        found += sorted(frontier)
+    return found
+
+
+def end_stale_runs(uri: str, experiment_id: str, sweep: str) -> list[str]:
+    """Mark KILLED the RUNNING parent runs of sweep `sweep` whose driver process is gone (kill -9, a crash;
+    judged on this host only, see plop_core.driver) and the runs nested under them. Returns their ids."""
+    client = tracking.client_for(uri)
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    stale = {r.info.run_id for r in running
+             if r.data.tags.get("plop.level") == "sweep" and r.data.tags.get("plop.sweep") == sweep
+             and driver.is_gone(r.data.tags.get("plop.driver_host"), r.data.tags.get("plop.driver_pid"),
+                                r.data.tags.get("plop.driver_started"))}
+    killed = sorted(stale) + _running_descendants(client, experiment_id, stale) if stale else []
+    for run_id in killed:
+        client.set_tag(run_id, "plop.ended_by", "a later sweep: the driver of this run is gone")
+        tracking.end_run(uri, run_id, "KILLED")
+    return killed

@@ -88,3 +88,40 @@ def test_merge_refuses_parts_that_do_not_belong_together(tok, llama):
            for x, y in [(0, 6), (6, 13)]]
     with pytest.raises(ValueError, match="needs the probe or analytic estimator and include_padding false"):
         merge_scores(ref, disc)
+
+
+def test_serial_sweep_with_shards_equals_the_unsharded_sweep(llama_dir, tmp_path):
+    """`scorer.shards: 3` in the serial runner: three `sequences` files per cell, read back into the same
+    scores as `shards: 1`; a deleted shard file is the only shard rescored, and the cell is merged again."""
+    import pandas as pd
+
+    from plop_core.config import load_sweep_config
+    from plop_core.units import Layout, load_done, plan, run_serial
+
+    def sweep(root, shards):
+        return load_sweep_config({"name": f"s{shards}", "models": [{"id": str(llama_dir), "name": "tiny"}],
+                                  "tasks": ["arithmetic"], "sampling": {"n_samples": 10, "max_length": 24},
+                                  "scorer": {"n_probe": 16, "n_bootstrap": 50, "batch_size": 3, "shards": shards},
+                                  "outputs": {"root": str(tmp_path / root)}})
+
+    one = run_serial(sweep("one", 1), track=False, progress=False)
+    three = run_serial(sweep("three", 3), track=False, progress=False)
+    assert not one["failed"] and not three["failed"] and "shards" not in one
+    assert [(s["index"], s["ok"], s["cached"]) for s in three["shards"]] == [(0, True, False), (1, True, False),
+                                                                             (2, True, False)]
+    seq = pd.read_parquet(tmp_path / "three" / "sequences")
+    assert sorted(seq.groupby("shard")["sequence_index"].nunique()) == [3, 3, 4]  # ranges [0,4) [4,7) [7,10)
+    assert (seq["cell_key"] == three["cells"][0]["cell_key"]).all() and not (tmp_path / "one" / "sequences").exists()
+    a, b = (pd.read_parquet(tmp_path / r / "types").sort_values("type") for r in ("one", "three"))
+    for col in ("nfn", "nfn_ci_low", "nfn_ci_high", "layer_min", "layer_max"):
+        np.testing.assert_allclose(b[col].to_numpy(float), a[col].to_numpy(float), rtol=1e-6)
+    assert three["cells"][0]["cell_key"] != one["cells"][0]["cell_key"]  # scorer.shards is in the key
+
+    cfg = sweep("three", 3)
+    cell = plan.plan_sweep(cfg)[0]
+    victim = plan.cell_shards(cell)[1]
+    (tmp_path / "three" / load_done(victim).files["sequences"]).unlink()
+    again = run_serial(cfg, track=False, progress=False)
+    assert [s["cached"] for s in again["shards"]] == [True, False, True] and not again["cells"][0]["cached"]
+    c = pd.read_parquet(Layout.hive(tmp_path / "three").resolve(again["cells"][0]["files"]["types"])).sort_values("type")
+    np.testing.assert_allclose(c["nfn"].to_numpy(float), b["nfn"].to_numpy(float), rtol=1e-6)

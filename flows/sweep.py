@@ -53,7 +53,8 @@ def plop_sweep(config: SweepConfig) -> dict:
         #    spread over every worker; without Ray, one model's cells per process-pool task
         cells = plan.scoring_cells(cfg, models, samples, layout)
         if ray.is_initialized():
-            outcomes, shard_outcomes = scoring.score_on_hosts(cells, ray_resources(cfg))
+            outcomes, shard_outcomes = scoring.score_on_hosts(cells, ray_resources(cfg),
+                                                              keep=cfg.finetune.method == "none")
         else:
             groups = [list(g) for _, g in itertools.groupby(cells, key=lambda c: c.model.name)]
             futures = [scoring.score_model.submit(g[0].model.name, len(g), g) for g in groups]

@@ -27,6 +27,13 @@ import ray
 from plop_core.units.records import CellResult, ScoringCell, ScoringShard, ShardResult
 
 UNIT_TYPES = {"cell": (ScoringCell, CellResult), "shard": (ScoringShard, ShardResult)}
+_KEPT: dict[tuple, HostPool] = {}  # hosts left running by a scoring-only sweep, by (Ray job, resources, size)
+
+
+def release_kept() -> None:
+    """Kill the hosts a previous sweep of this process left running (frees their resources)."""
+    while _KEPT:
+        _KEPT.popitem()[1].kill()
 
 
 @ray.remote
@@ -95,14 +102,28 @@ class HostPool:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, n_units: int, resources: dict):
-        """As many hosts as the cluster fits and there are units; killed on exit (their resources freed)."""
-        pool = cls(max(1, min(n_units, host_slots(resources))), resources)
+    def start(cls, n_units: int, resources: dict, keep: bool = False):
+        """As many hosts as the cluster fits and there are units. `keep`: leave them running (models loaded)
+        for the next sweep in this process and Ray session, which reuses them when its resources are the
+        same; otherwise they are killed on exit, freeing their CPUs/GPUs for the finetuning tasks."""
+        size = max(1, min(n_units, host_slots(resources)))
+        job = ray.get_runtime_context().get_job_id()
+        spec = (job, tuple(sorted(resources.items())), size)
+        pool = _KEPT.pop(spec, None)
+        release_kept()  # hosts of another shape hold resources this sweep's hosts or tasks need
+        pool = pool or cls(size, resources)
+        pool.pending.clear()
         try:
             yield pool
         finally:
-            for h in pool.hosts:
-                ray.kill(h)
+            if keep:
+                _KEPT[spec] = pool
+            else:
+                pool.kill()
+
+    def kill(self) -> None:
+        for h in self.hosts:
+            ray.kill(h)
 
     def _choose(self, key: str) -> int | None:
         """Which free host takes a unit of model `key`, or None to wait for the busy host that holds it:

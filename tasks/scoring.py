@@ -41,8 +41,9 @@ def score_shard(shard: ScoringShard, hosts=None):
     return cached_or(shard, _on(hosts, work.score_shard))
 
 
-def score_on_hosts(cells: list[ScoringCell], resources: dict) -> tuple[list[Outcome], list[Outcome]]:
-    """Every cell (and shard) on model-holding Ray actors; returns (cell outcomes, shard outcomes)."""
+def score_on_hosts(cells: list[ScoringCell], resources: dict, keep: bool = False) -> tuple[list[Outcome], list[Outcome]]:
+    """Every cell (and shard) on model-holding Ray actors; returns (cell outcomes, shard outcomes).
+    `keep`: leave the hosts running for the next sweep of this process (a scoring-only sweep)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from tasks.hosts import HostPool
@@ -50,7 +51,7 @@ def score_on_hosts(cells: list[ScoringCell], resources: dict) -> tuple[list[Outc
     shards = {c.key: shards_to_run(c) for c in cells}
     whole = [c for c in cells if not shards[c.key]]
     n_units = sum(len(s) for s in shards.values()) + len(whole)
-    with HostPool.start(n_units, resources) as pool, ThreadPoolTaskRunner(max_workers=len(pool.hosts)) as runner:
+    with HostPool.start(n_units, resources, keep) as pool, ThreadPoolTaskRunner(max_workers=len(pool.hosts)) as runner:
         first = [u for us in _interleaved([*(s for ss in shards.values() for s in ss), *whole]) for u in us]
         pool.expect(first + [c for c in cells if shards[c.key]])  # the merges run on a host of their model too
         futures = {u.key: runner.submit(score_shard, {"shard": u, "hosts": pool}) if u.kind == "shard" else

@@ -123,7 +123,10 @@ class HostPool:
 
     def kill(self) -> None:
         for h in self.hosts:
-            ray.kill(h)
+            try:
+                ray.kill(h)
+            except Exception:  # noqa: BLE001  (already gone, e.g. with the Ray session that started it)
+                pass
 
     def _choose(self, key: str) -> int | None:
         """Which free host takes a unit of model `key`, or None to wait for the busy host that holds it:

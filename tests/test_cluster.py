@@ -77,3 +77,27 @@ def test_sharded_sweep_of_one_model_uses_both_nodes_and_equals_the_serial_unshar
 
     again = run_sweep(cfg)  # identical rerun: every cell Cached, no shard rescored, nothing loaded
     assert again["model_loads"] == 0 and all(c["cached"] for c in again["cells"]) and "shards" not in again
+
+
+def test_sharded_sweep_without_ray_runs_shards_then_the_merge_in_the_process_pool(prefect_api, tmp_path):
+    """`resources.use_ray: false` (Prefect's process pool): the same shards and merge, the same numbers."""
+    import ray
+
+    from flows import run_sweep
+    from plop_core.config import load_sweep_config
+    from plop_core.units import run_serial
+
+    if ray.is_initialized():
+        ray.shutdown()
+    save_tiny("llama", tmp_path / "tiny-llama", seed=0)
+    cfg = {"name": "pool", "models": [{"id": str(tmp_path / "tiny-llama"), "name": "tiny-llama"}],
+           "tasks": ["arithmetic"], "sampling": {"n_samples": 6, "max_length": 32},
+           "scorer": {"n_probe": 16, "n_bootstrap": 20, "batch_size": 2, "shards": 3},
+           "outputs": {"root": str(tmp_path / "pool"), "experiment": "pool"}, "resources": {"use_ray": False}}
+    man = run_sweep(cfg, num_cpus=1)
+    assert not man["failed"] and [s["ok"] for s in man["shards"]] == [True] * 3 and not ray.is_initialized()
+    serial = run_serial(load_sweep_config({**cfg, "outputs": {"root": str(tmp_path / "serial")}}), track=False,
+                        progress=False)
+    assert not serial["failed"] and len(serial["shards"]) == 3
+    a, b = (pd.read_parquet(tmp_path / r / "types").sort_values("type") for r in ("serial", "pool"))
+    np.testing.assert_allclose(b["nfn"].to_numpy(float), a["nfn"].to_numpy(float), rtol=1e-6)

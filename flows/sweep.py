@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 
+import ray
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -69,12 +70,18 @@ def plop_sweep(config: SweepConfig | None = None, sweep: SweepName | None = None
         models = [data.resolve_model(m) for m in cfg.models]
         samples = {t: data.draw_sample(t, cfg.sampling, layout) for t in cfg.tasks}
 
-        # 2. score the cells on Ray, the cells of one model in one worker (one load)
+        # 2. score the cells (and the shards of sharded cells) on Ray actors that keep their model loaded,
+        #    spread over every worker; without Ray, one model's cells per process-pool task
         cells = plan.scoring_cells(cfg, models, samples, layout)
-        with remote_options(**ray_resources(cfg)):
+        if ray.is_initialized():
+            outcomes, shard_outcomes = scoring.score_on_hosts(cells, ray_resources(cfg),
+                                                              keep=cfg.finetune.method == "none")
+        else:
             groups = [list(g) for _, g in itertools.groupby(cells, key=lambda c: c.model.name)]
             futures = [scoring.score_model.submit(g[0].model.name, len(g), g) for g in groups]
-        outcomes = [o for f in futures for o in f.result()]
+            done = [o for f in futures for o in f.result()]
+            outcomes = [o for o in done if o.unit.kind == "cell"]
+            shard_outcomes = [o for o in done if o.unit.kind == "shard"]
         run_ids = {o.unit.key: report.report_cell(tracker, o, layout) for o in outcomes if o.ok}
 
         # 3. finetune tasks: the base model and every (arm, seed) of each scored cell, all at once on Ray
@@ -97,7 +104,8 @@ def plop_sweep(config: SweepConfig | None = None, sweep: SweepName | None = None
 
         # 5. the report: summary markdown and manifest under the root, MLflow parent run (ended FINISHED, or
         #    FAILED when a unit failed), Prefect artifact
-        man = finish_sweep(cfg, layout, outcomes, run_ids, results, tracker, flow_run_id=str(flow_run.id))
+        man = finish_sweep(cfg, layout, outcomes + shard_outcomes, run_ids, results, tracker,
+                           flow_run_id=str(flow_run.id))
         status = None  # the tracker is ended
         report.report_sweep(cfg.name, man["markdown"])
         print(man["markdown"])

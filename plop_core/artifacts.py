@@ -10,7 +10,7 @@ Layout under a results root (hive partitioning by model and task):
 
     <root>/<table>/model=<model>/task=<task>/<cell_key>.parquet
 
-`table` is one of `TABLES` (modules, parts, types, placements, training, evaluation). The partition
+`table` is one of `TABLES` (modules, parts, types, placements, sequences, training, evaluation). The partition
 columns `model` and `task` come from the path only (never stored inside the file, so pandas and
 pyarrow can merge them); inside each file the same values are in `model_name` and `task_name`.
 The schema is documented in docs/pipeline.md; bump `SCHEMA_VERSION` on any incompatible change.
@@ -58,6 +58,10 @@ TABLES: dict[str, pa.Schema] = {
     "placements": pa.schema([
         ("strategy", _STR), ("k", _INT), ("types", _STRS), ("target_modules", _STRS), ("n_modules", _INT),
         ("lora_rank", _INT), ("trainable_params", _INT), ("stability", _F64),
+    ]),
+    "sequences": pa.schema([  # a shard's per-sequence statistics (plop_core.shards): one row per sequence x unit
+        ("shard", _INT), ("n_shards", _INT), ("sequence_index", _INT), ("full_length", _INT), ("unit", _INT),
+        ("module", _STR), ("sum_a", _F64), ("count", _F64), ("sum_a_rho", _F64), ("sum_b", _F64), ("sum_b2", _F64),
     ]),
     "training": pa.schema([  # one row per logged optimizer step (TrainResult.curve); TRL's other numbers follow
         ("arm", _STR), ("seed", _INT), ("step", _INT), ("epoch", _F64), ("loss", _F64), ("learning_rate", _F64),

@@ -119,6 +119,17 @@ class ScorerConfig(_Strict):
     n_bootstrap: int = Field(1000, ge=0, description="bootstrap resamples over sequences (0 disables intervals)")
     ci_level: float = Field(0.95, gt=0, lt=1, description="confidence level of the per-type intervals")
     include_padding: bool = Field(False, description="reproduce the authors' code: average over padding tokens too")
+    shards: int = Field(1, ge=1, description="split each cell's sample into this many contiguous shards, scored as "
+                        "separate units (on different Ray workers) and merged exactly (plop_core/shards.py); "
+                        "needs estimator probe or analytic and include_padding false")
+
+    @model_validator(mode="after")
+    def _shardable(self) -> ScorerConfig:
+        if self.shards > 1 and (self.estimator == "reference" or self.include_padding):
+            raise ValueError(f"shards={self.shards} needs estimator probe or analytic and include_padding false: the "
+                             "reference estimator's random vectors and the authors' padding follow the batches; "
+                             "set shards: 1")
+        return self
 
 
 class SelectionConfig(_Strict):
@@ -303,6 +314,13 @@ class SweepConfig(_Strict):
                     f"so their results would mix; give each a distinct `name:` (e.g. name: {label}-{i})")
             seen[label.casefold()] = i
         return models
+
+    @model_validator(mode="after")
+    def _shards_fit_the_sample(self) -> SweepConfig:
+        if self.scorer.shards > self.sampling.n_samples:
+            raise ValueError(f"scorer.shards={self.scorer.shards} is more than sampling.n_samples="
+                             f"{self.sampling.n_samples}; lower scorer.shards")
+        return self
 
     @model_validator(mode="after")
     def _finetune_tasks_known(self) -> SweepConfig:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -36,36 +34,14 @@ from plop_core.baselines import (
     probe_baseline,
     weight_id,
 )
-from plop_core.nfn_hooks import SA, SB, SB2, SCNT, SR, HookCollector, Unit, module_of
+from plop_core.nfn_hooks import HookCollector, Unit, module_of
 from plop_core.offload import placement_summary
-from plop_core.stats import bootstrap_modules, bootstrap_types, module_intervals, selection_stability
+from plop_core.shards import PartialScores, Scores, merge_scores, unit_label
 
-MODULE_COLUMNS = ["module", "layer", "type", "kind", "d_in", "d_out", "n_tokens", "feature_norm",
-                  "baseline_norm", "baseline_se", "nfn", "nfn_se"]
-
+__all__ = ["NonFiniteActivationError", "PartialScores", "Scores", "merge_scores", "score_nfn", "score_partial"]
 
 class NonFiniteActivationError(FloatingPointError):
     """A scored module saw NaN/inf in its input or output (typically float16 overflow)."""
-
-
-@dataclass
-class Scores:
-    """Result of `score_nfn`. DataFrame columns are documented in docs/architecture.md."""
-
-    modules: pd.DataFrame
-    parts: pd.DataFrame
-    types: pd.DataFrame
-    per_sequence: dict
-    discovery: object
-    meta: dict
-    type_resamples: np.ndarray  # (n_bootstrap, n_types), columns in the order of types["type"]
-
-    def stability(self, k: int = 3, strategy: str = "plop") -> float:
-        """Share of bootstrap resamples (over sequences) whose k-set equals the full-sample k-set;
-        NaN when scored with n_bootstrap=0 (no resamples kept)."""
-        if len(self.type_resamples) == 0:
-            return float("nan")
-        return selection_stability(self.type_resamples, self.types["nfn"].to_numpy(), k, strategy)
 
 
 def _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap, ci_level):
@@ -167,50 +143,6 @@ def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, pro
     return out
 
 
-def _tables(units, stats, base, estimator, expert_pairs):
-    """Module and part rows from the summed statistics; per-sequence num/den for the bootstrap."""
-    tot = stats.sum(axis=2)  # (5, U)
-    rows, num, den = [], [], []
-    for u in units:
-        c, i = u.cand, u.index
-        n = tot[SCNT, i]
-        feature = tot[SA, i] / n if n else np.nan
-        if estimator == "reference":
-            bnorm = tot[SB, i] / n if n else np.nan
-            var = (tot[SB2, i] - n * bnorm ** 2) / (n - 1) if n > 1 else np.nan
-            bse = float(np.sqrt(max(var, 0.0) / n)) if n > 1 else np.nan
-            nfn = tot[SA, i] / tot[SB, i] if n else np.nan
-            s_num, s_den = stats[SA, i], stats[SB, i]
-        else:
-            b = base[c.name + "|" + str(c.param)]
-            rho, se = (b.rho, b.se) if u.part is None else b.parts[u.part]
-            if np.ndim(rho) == 0:  # one weight
-                nfn, bnorm, bse = feature / float(rho), float(rho), float(se)
-                s_num, s_den = stats[SA, i] / float(rho), stats[SCNT, i]
-            else:  # packed experts: mean over routed pairs of a_e / rho_e
-                nfn = tot[SR, i] / n if n else np.nan
-                bnorm = feature / nfn if n else np.nan
-                w = expert_pairs[i] / max(expert_pairs[i].sum(), 1)
-                bse = float(bnorm * np.sqrt(np.sum((w * se / rho) ** 2)))
-                s_num, s_den = stats[SR, i], stats[SCNT, i]
-        nfn_se = float(nfn * bse / bnorm) if bnorm and np.isfinite(bnorm) else np.nan
-        row = dict(module=c.name, layer=c.layer, type=c.type if u.part is None else u.part, kind=c.kind,
-                   d_in=c.d_in, d_out=c.d_out if u.rows is None else len(u.part_rows), n_tokens=int(n),
-                   feature_norm=float(feature), baseline_norm=float(bnorm), baseline_se=float(bse),
-                   nfn=float(nfn), nfn_se=nfn_se)
-        if u.part is not None:
-            row["part_of"] = c.type
-        rows.append(row)
-        if u.part is None:
-            num.append(s_num)
-            den.append(s_den)
-    mod_rows = [r for r in rows if "part_of" not in r]
-    part_rows = [r for r in rows if "part_of" in r]
-    modules = pd.DataFrame(mod_rows, columns=MODULE_COLUMNS)
-    parts = pd.DataFrame(part_rows, columns=MODULE_COLUMNS + ["part_of"])
-    return modules, parts, np.stack(num, axis=1), np.stack(den, axis=1)
-
-
 OOM_ERRORS = (torch.OutOfMemoryError, MemoryError)
 
 
@@ -239,8 +171,6 @@ def execution_device(model) -> torch.device:
 def _order(ids, full_len, max_length, authors_batches):
     """Sequence order: longest first (least padding), or the given order (the authors' batches)."""
     keep = np.flatnonzero(full_len > 0)  # a text that tokenizes to nothing has nothing to average
-    if keep.size == 0:
-        raise ValueError("every text tokenizes to zero tokens; check the texts and the tokenizer")
     if authors_batches:
         return keep
     return keep[np.argsort(-np.minimum(full_len[keep], max_length), kind="stable")]
@@ -315,8 +245,24 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
     Works on models loaded with accelerate offload (device_map / max_memory / offload_folder): weights are
     read while materialized or tensor by tensor from the offload map. The model is put in eval mode and
     restored; hooks are removed whatever happens.
+    One call is one part: `merge_scores([score_partial(...)])`; shards of a sample scored by several calls
+    of `score_partial` merge into the same scores (plop_core.shards).
     """
-    texts = _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap, ci_level)
+    _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap, ci_level)
+    discovery = _resolve_candidates(model, candidates)
+    part = score_partial(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, estimator=estimator,
+                         seed=seed, n_probe=n_probe, include_padding=include_padding, candidates=discovery,
+                         baseline_cache=baseline_cache, progress=progress, min_batch_size=min_batch_size)
+    return merge_scores([part], discovery, n_bootstrap=n_bootstrap, ci_level=ci_level)
+
+
+def score_partial(model, tokenizer, texts, *, start=0, batch_size=8, max_length=256, estimator="probe", seed=0,
+                  n_probe=512, include_padding=False, candidates=None, baseline_cache=None, progress=True,
+                  min_batch_size=1) -> PartialScores:
+    """The forward passes of `score_nfn` over `texts`, which are texts [start, start + len(texts)) of a sample:
+    per-sequence statistics, no tables or bootstrap yet (`merge_scores` of all shards does those once).
+    Arguments as in `score_nfn`. A shard whose texts all tokenize to nothing has no sequences (allowed)."""
+    texts = _check_inputs(texts, batch_size, max_length, estimator, n_probe, 0, 0.5)
     if not isinstance(min_batch_size, int) or not 1 <= min_batch_size <= batch_size:
         raise ValueError(f"min_batch_size must be an integer in [1, batch_size={batch_size}], got {min_batch_size!r}")
     discovery = _resolve_candidates(model, candidates)
@@ -328,8 +274,9 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
     model.eval()
     fwd_params = inspect.signature(model.forward).parameters
     extra = {k: v for k, v in (("use_cache", False), ("logits_to_keep", 1)) if k in fwd_params}
-    collector = None
+    collector, n_tokens, backoff = None, 0, []
     own_side = tokenizer.padding_side
+    units = Unit.build(cands)
     try:
         with torch.no_grad(), _right_padding(tokenizer) as pad_note:
             ids = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
@@ -338,45 +285,32 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
             keep = np.sort(order)
             seqs = [ids[i][:max_length] for i in order]
             base = _baselines(model, cands, estimator, n_probe, seed, cache, progress)
-            units = Unit.build(cands)
             collector = HookCollector(model, units, estimator, base, seed, len(seqs), device)
-            collector.attach()
-            n_tokens, backoff = _forward_all(model, tokenizer, seqs, collector, batch_size, min_batch_size,
-                                             include_padding, own_side if include_padding else "right", device,
-                                             dtype, extra, progress, estimator)
+            if seqs:
+                collector.attach()
+                n_tokens, backoff = _forward_all(model, tokenizer, seqs, collector, batch_size, min_batch_size,
+                                                 include_padding, own_side if include_padding else "right", device,
+                                                 dtype, extra, progress, estimator)
             stats = collector.result()
     finally:
         if collector is not None:
             collector.detach()
         model.train(was_training)
-    inverse = np.argsort(order, kind="stable")  # back to the order of the (kept) texts
-    stats = stats[:, :, inverse]
-    modules, parts, num, den = _tables(units, stats, base, estimator, collector.expert_pairs)
-    present = list(dict.fromkeys(modules["type"]))
-    types = [t for t in getattr(discovery, "types", []) if t in present] + \
-        [t for t in present if t not in getattr(discovery, "types", [])]
-    rel_se = None
-    if estimator == "probe":  # the baseline's Monte Carlo error enters every resample (see plop_core.stats)
-        rel_se = (modules["baseline_se"] / modules["baseline_norm"]).to_numpy(dtype=float)
-    module_boot = bootstrap_modules(num, den, n_bootstrap, seed, rel_se)
-    table, type_boot = bootstrap_types(num, den, modules["type"].tolist(), types, n_bootstrap, ci_level, seed,
-                                       module_boot=module_boot)
-    low, high = module_intervals(module_boot, ci_level, len(modules))
-    modules["nfn_ci_low"], modules["nfn_ci_high"] = low, high
-    names = modules["module"].tolist()
-    per_sequence = {"modules": names, "sequence_index": keep, "sum_a": stats[SA, :len(names)].T.copy(),
-                    "count": stats[SCNT, :len(names)].T.copy(), "num": num, "den": den}
+    stats = stats[:, :, np.argsort(order, kind="stable")]  # back to the order of the (kept) texts
     import transformers
 
     meta = dict(estimator=estimator, seed=seed, n_probe=n_probe if estimator == "probe" else None,
-                n_bootstrap=n_bootstrap, ci_level=ci_level, n_sequences=int(len(seqs)), n_tokens=int(n_tokens),
-                max_length=max_length, truncated_share=float(np.mean(full_len[keep] > max_length)),
-                n_texts=len(texts), dropped_empty=[int(i) for i in np.flatnonzero(full_len == 0)],
-                include_padding=include_padding, batching="given order, tokenizer's padding side (authors)"
-                if include_padding else "longest first, right padding, pads masked",
+                max_length=max_length, include_padding=include_padding,
+                batching="given order, tokenizer's padding side (authors)" if include_padding
+                else "longest first, right padding, pads masked",
                 batch_size=batch_size, oom_backoff=backoff, dtype=str(dtype).replace("torch.", ""),
                 device=str(device), pad_token_note=pad_note, model=model_identity(model),
                 weights_provenance=(getattr(model, "plop_weights", None) or {}).get("provenance"),
                 device_map=placement_summary(model.hf_device_map, model) if getattr(model, "hf_device_map", None) else None,
                 torch_version=torch.__version__, transformers_version=transformers.__version__)
-    return Scores(modules, parts, table, per_sequence, discovery, meta, type_boot)
+    return PartialScores(start=int(start), n_texts=len(texts), sequence_index=keep.astype(np.int64) + int(start),
+                         full_length=full_len[keep].astype(np.int64),
+                         dropped_empty=[int(i) + int(start) for i in np.flatnonzero(full_len == 0)],
+                         stats=stats, units=[unit_label(u) for u in units],
+                         expert_pairs={i: np.asarray(v, dtype=np.float64) for i, v in collector.expert_pairs.items()},
+                         baselines=base, n_tokens=int(n_tokens), meta=meta)

@@ -22,9 +22,11 @@ from plop_core.units.records import (
     RunResult,
     SampleRef,
     ScoringCell,
+    ScoringShard,
+    ShardResult,
 )
 from plop_core.units.results import load_done
 from plop_core.units.runner import run_serial
 
 __all__ = ["BaseEval", "CellResult", "Experiment", "ExperimentResult", "FinetuneRun", "Layout", "ModelRef", "Outcome",
-           "RunResult", "SampleRef", "ScoringCell", "load_done", "run_serial"]
+           "RunResult", "SampleRef", "ScoringCell", "ScoringShard", "ShardResult", "load_done", "run_serial"]

@@ -45,6 +45,12 @@ class Layout(BaseModel):
         return (self.base / table / f"model={safe_label(model)}" / f"task={safe_label(task)}"
                 / f"{safe_label(key)}.parquet")
 
+    def shard_path(self, model: str, task: str, key: str, index: int, n_shards: int) -> Path:
+        """The `sequences` Parquet file of a cell's shard (hive: like any table, keyed by the shard's key)."""
+        if self.kind == "flat":
+            return self.base / "sequences" / f"shard-{index}-of-{n_shards}.parquet"
+        return self.table_path("sequences", model, task, key)
+
     def unit_dir(self, section: str, model: str, task: str, key: str) -> Path:
         """Folder of a unit's non-tabular files; `section` is `cells` or `finetune`."""
         if self.kind == "flat":

@@ -29,6 +29,7 @@ from plop_core.units.records import (
     ModelRef,
     SampleRef,
     ScoringCell,
+    ScoringShard,
 )
 
 
@@ -83,6 +84,21 @@ def scoring_cells(cfg: SweepConfig, models: list[ModelRef], samples: dict[str, S
                         sample=samples[t], scorer=cfg.scorer, selection=cfg.selection, strategies=strategies,
                         arms=arms, seeds=seeds, r=cfg.finetune.lora.r, lora_alpha=cfg.finetune.lora.lora_alpha)
             for m in models for t in cfg.tasks]
+
+
+def cell_shards(cell: ScoringCell) -> list[ScoringShard]:
+    """The shards of a cell (`scorer.shards` contiguous ranges of its sample); none when it is scored whole."""
+    from plop_core.shards import shard_ranges
+
+    n = cell.scorer.shards
+    if n <= 1:
+        return []
+    try:
+        ranges = shard_ranges(cell.sample.n_rows, n)
+    except ValueError as e:
+        raise ValueError(f"task {cell.sample.task!r}: {e}") from None
+    return [ScoringShard(key=config_hash(cell.key, "shard", i, n), cell=cell, index=i, n_shards=n, start=a, stop=b)
+            for i, (a, b) in enumerate(ranges)]
 
 
 def plan_sweep(cfg: SweepConfig, layout: Layout | None = None, run_name: str | None = None) -> list[ScoringCell]:

@@ -6,6 +6,7 @@ label, and every record is JSON (pydantic) so it crosses Ray, Prefect parameters
 as data, never as a pickle. Units:
 
 - `ScoringCell`  (model x task): score NFN, choose placements (and each finetune arm's placement).
+- `ScoringShard` (cell x shard): with `scorer.shards` > 1, a part of the cell's sample; the cell merges them.
 - `FinetuneRun`  (cell x arm x seed): LoRA-finetune one arm at its matched rank, evaluate held-out rows.
 - `BaseEval`     (cell): the base model on the same held-out rows, the floor every arm is compared with.
 
@@ -92,6 +93,59 @@ class ScoringCell(_Record):
     @property
     def record(self) -> Path:
         return self.dir / "record.json"
+
+
+class ScoringShard(_Record):
+    """Texts [start, stop) of a cell's sample, scored alone (`scorer.shards` > 1); the cell merges its shards.
+
+    Its per-sequence statistics (the `sequences` table) are what the cell's `merge_scores` reads back."""
+
+    kind: Literal["shard"] = "shard"
+    key: str = Field(description="hash of the cell key and the shard's index and count")
+    cell: ScoringCell
+    index: int = Field(ge=0)
+    n_shards: int = Field(ge=1)
+    start: int = Field(ge=0)
+    stop: int = Field(ge=1)
+
+    @property
+    def layout(self) -> Layout:
+        return self.cell.layout
+
+    @property
+    def model(self) -> ModelRef:
+        return self.cell.model
+
+    @property
+    def model_name(self) -> str:
+        return self.cell.model_name
+
+    @property
+    def task_name(self) -> str:
+        return self.cell.task_name
+
+    @property
+    def record(self) -> Path:
+        return self.cell.dir / "shards" / f"shard-{self.index}-of-{self.n_shards}.json"
+
+
+class ShardResult(_Record):
+    """What a scored shard wrote: its `sequences` Parquet file (per-sequence statistics) and where it ran."""
+
+    kind: Literal["shard"] = "shard"
+    key: str
+    cell_key: str
+    index: int
+    n_shards: int
+    start: int
+    stop: int
+    n_sequences: int
+    n_tokens: int
+    files: dict[str, str] = Field(description="name -> path relative to the layout root")
+    model_loaded: bool = False
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+    runtime: dict[str, Any] = Field(default_factory=dict, description="host, pid, Ray node, Prefect runs, versions")
 
 
 class CellResult(_Record):
@@ -234,8 +288,8 @@ class Outcome(BaseModel):
     """A unit as the runner saw it: its result (fresh or cached) or the error that stopped it."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    unit: ScoringCell | FinetuneRun | BaseEval
-    result: CellResult | RunResult | None = None
+    unit: ScoringCell | ScoringShard | FinetuneRun | BaseEval
+    result: CellResult | ShardResult | RunResult | None = None
     cached: bool = False
     error: str | None = None
 

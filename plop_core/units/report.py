@@ -82,6 +82,8 @@ def shown(path: str) -> str:
 def describe(unit) -> str:
     if unit.kind == "cell":
         return f"score {unit.model_name} on {unit.task_name}"
+    if unit.kind == "shard":
+        return f"score {unit.model_name} on {unit.task_name} shard {unit.index + 1}/{unit.n_shards}"
     if unit.kind == "base":
         return f"evaluate base {unit.model.name} on {unit.task_name}"
     return f"finetune {unit.model.name}/{unit.task_name} {unit.arm} seed {unit.seed}"
@@ -91,13 +93,19 @@ def manifest(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_ids:
              experiments: list[ExperimentResult] = (), **extra) -> dict:
     """The sweep's machine-readable summary (manifest.json): every unit, cached or not, its files."""
     cells = [o for o in outcomes if o.unit.kind == "cell"]
+    shards = [{"cell_key": o.unit.cell.key, "index": o.unit.index, "n_shards": o.unit.n_shards, "ok": o.ok,
+               "cached": o.cached, "error": o.error, "files": o.result.files if o.ok else {},
+               "runtime": o.result.runtime if o.ok else {}} for o in outcomes if o.unit.kind == "shard"]
+    if shards:  # sharded cells only (scorer.shards > 1): each shard and where it ran
+        extra = {"shards": shards, **extra}
     return {
         "sweep": cfg.name, "root": layout.root, "mlflow_uri": uri, "experiment": cfg.outputs.experiment,
         "config": cfg.model_dump(mode="json"),
         "cells": [{"cell_key": o.unit.key, "model_name": o.unit.model_name, "task_name": o.unit.task_name,
                    "ok": o.ok, "cached": o.cached, "error": o.error, "mlflow_run_id": run_ids.get(o.unit.key),
                    "files": o.result.files if o.ok else {}} for o in cells],
-        "model_loads": sum(1 for o in cells if o.ok and not o.cached and o.result.model_loaded),
+        "model_loads": sum(1 for o in outcomes if o.unit.kind in ("cell", "shard") and o.ok and not o.cached
+                           and o.result.model_loaded),
         "experiments": [e.model_dump(mode="json") for e in experiments],
         "n_units": len(outcomes),
         "failed": [{"unit": describe(o.unit), "key": o.unit.key, "error": o.error} for o in outcomes if not o.ok],

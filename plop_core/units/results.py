@@ -31,6 +31,8 @@ from plop_core.units.records import (
     FinetuneRun,
     RunResult,
     ScoringCell,
+    ScoringShard,
+    ShardResult,
 )
 
 
@@ -51,7 +53,7 @@ def _readable(path: Path) -> bool:
 
 def load_done(unit: ScoringCell | FinetuneRun | BaseEval | Experiment) -> Any | None:
     """The unit's result if it is done and loadable, else None (see the module docstring)."""
-    cls = {"cell": CellResult, "arm": RunResult, "base": RunResult}.get(getattr(unit, "kind", ""), ExperimentResult)
+    cls = {"cell": CellResult, "shard": ShardResult, "arm": RunResult, "base": RunResult}.get(getattr(unit, "kind", ""), ExperimentResult)
     try:
         result = cls.model_validate_json(unit.record.read_text())
     except (OSError, ValueError, ValidationError):
@@ -100,16 +102,14 @@ def placement_row(placement, strategy: str, k: int, r: int, stability: float | N
 
 
 def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict, model, identity: dict,
-               token_stats: dict, timing: dict) -> CellResult:
+               token_stats: dict, timing: dict, shard_files: dict | None = None) -> CellResult:
     """Write a scored cell's tables, placement files (placement.json; adapter_config.json and targets.md,
     which PEFT loads as they are, checked against `model`) and heatmap, then its record."""
     from plop_core.peft_files import write_adapter_config
     from plop_core.plots import nfn_heatmap
 
     lay, sel = cell.layout, cell.selection
-    prov = provenance(cell.run_name, cell.key, cell.model, cell.task_name, cell.sample.sample_hash,
-                      cell.sample.sampling.seed, cell.sample.n_rows, cell.scorer.estimator, cell.scorer.seed,
-                      config_hash(cell))
+    prov = cell_provenance(cell)
     files = {name: write_table(lay, name, getattr(scores, name), prov) for name in ("modules", "types")}
     if scores.parts is not None and len(scores.parts):
         files["parts"] = write_table(lay, "parts", scores.parts, prov)
@@ -129,6 +129,7 @@ def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict
         files["arm_placements"] = lay.rel(_json(d / "arm_placements.json", arm_pl))
     if lay.kind == "flat":
         files["sample"] = cell.sample.path
+    files.update(shard_files or {})  # sharded: the `sequences` files merged (the done-rule checks them too)
     types = scores.types.sort_values("nfn")
     chosen = next(r for r in rows if r["strategy"] == sel.strategy)
     result = CellResult(
@@ -140,6 +141,42 @@ def write_cell(cell: ScoringCell, scores, placements: dict, arm_placements: dict
         placements={r["strategy"]: r["types"] for r in rows}, files=files, meta=_scalars(scores.meta),
         token_stats=_scalars(token_stats), runtime=prov.runtime, **timing)
     return write_record(cell, result)
+
+
+def cell_provenance(cell: ScoringCell) -> artifacts.Provenance:
+    return provenance(cell.run_name, cell.key, cell.model, cell.task_name, cell.sample.sample_hash,
+                      cell.sample.sampling.seed, cell.sample.n_rows, cell.scorer.estimator, cell.scorer.seed,
+                      config_hash(cell))
+
+
+def write_shard(shard: ScoringShard, partial, timing: dict) -> ShardResult:
+    """A shard's per-sequence statistics as the `sequences` table (the part's other numbers, its baselines and
+    token counts, in the file's key-value metadata under `plop_partial`), then its record."""
+    prov = cell_provenance(shard.cell)
+    frame, meta = partial.to_frame()
+    frame.insert(0, "shard", shard.index)
+    frame.insert(1, "n_shards", shard.n_shards)
+    table = artifacts.to_arrow(frame, "sequences", prov)
+    table = table.replace_schema_metadata({**table.schema.metadata, b"plop_partial": json.dumps(meta).encode()})
+    path = shard.layout.shard_path(shard.model_name, shard.task_name, shard.key, shard.index, shard.n_shards)
+    artifacts.write_parquet_atomic(table, path)
+    result = ShardResult(key=shard.key, cell_key=shard.cell.key, index=shard.index, n_shards=shard.n_shards,
+                         start=shard.start, stop=shard.stop, n_sequences=len(partial.sequence_index),
+                         n_tokens=partial.n_tokens, files={"sequences": shard.layout.rel(path)},
+                         runtime=prov.runtime, **timing)
+    return write_record(shard, result)
+
+
+def read_shard(shard: ScoringShard, result: ShardResult):
+    """The `PartialScores` a shard wrote (exact: float64 through Parquet)."""
+    import pyarrow.parquet as pq
+
+    from plop_core.shards import PartialScores
+
+    table = pq.read_table(shard.layout.resolve(result.files["sequences"]))
+    meta = json.loads(table.schema.metadata[b"plop_partial"])
+    return PartialScores.from_frame(table.select(["sequence_index", "full_length", "unit", "module", "sum_a", "count",
+                                                  "sum_a_rho", "sum_b", "sum_b2"]).to_pandas(), meta)
 
 
 def config_hash(cell: ScoringCell) -> str:

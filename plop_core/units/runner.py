@@ -5,7 +5,7 @@
     manifest = run_serial(load_sweep_config("deploy/sweeps/quickstart.yaml"))
 
 It reads top to bottom like the Prefect flow (`flows/sweep.py`), which runs exactly these units on Ray
-and adds only orchestration: plan cells -> score each (done-rule first) -> log to MLflow -> for each
+and adds only orchestration: plan cells -> score each (done-rule first; a sharded cell's shards, then their exact merge) -> log to MLflow -> for each
 cell of a finetune task plan its experiment -> evaluate the base and train each (arm, seed) ->
 summarize -> write the report. No Prefect, no Ray: for the CLI (`plop sweep --serial`, `plop compare`),
 notebooks and tests.
@@ -29,12 +29,27 @@ def _say(msg: str, progress: bool) -> None:
         print(f"plop: {msg}", file=sys.stderr, flush=True)
 
 
-def _run(unit, fn, i: int, n: int, progress: bool) -> Outcome:
+def _run(unit, fn, i: int, n: int, progress: bool, fresh: bool = False) -> Outcome:
     _say(f"[{i}/{n}] {report.describe(unit)} ...", progress)
-    o = work.run_unit(unit, fn, progress=progress)
+    o = work.run_unit(unit, fn, fresh=fresh, progress=progress)
     _say(f"[{i}/{n}] {report.describe(unit)}: " + ("cached" if o.cached else "done" if o.ok else f"FAILED {o.error}"),
          progress)
     return o
+
+
+def shards_to_run(cell: ScoringCell) -> list:
+    """The cell's shards, unless the cell is done (its record lists its shards' files, so a lost shard file
+    makes the cell not done: its shards run again through their own done-rule, then the merge)."""
+    shards = plan.cell_shards(cell)
+    return shards if shards and results.load_done(cell) is None else []
+
+
+def after_shards(cell: ScoringCell, shards: list[Outcome]) -> Outcome | None:
+    """The cell's outcome when one of its shards failed (it cannot be merged), else None (merge it)."""
+    failed = [o for o in shards if not o.ok]
+    if not failed:
+        return None
+    return Outcome(unit=cell, error="; ".join(f"shard {o.unit.index} of {o.unit.n_shards}: {o.error}" for o in failed))
 
 
 def finish_experiment(exp: Experiment, base: Outcome, arms: list[Outcome], cfg: SweepConfig, cell: ScoringCell):
@@ -52,7 +67,12 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
     tracker = Tracker.start(cfg, "serial") if track else None
     try:
         cells = plan.plan_sweep(cfg, layout, run_name)
-        outcomes = [_run(c, work.score_cell, i + 1, len(cells), progress) for i, c in enumerate(cells)]
+        outcomes, shard_outcomes = [], []
+        for i, c in enumerate(cells):  # a sharded cell: its shards one after another, then the exact merge
+            shards = [_run(s, work.score_shard, i + 1, len(cells), progress) for s in shards_to_run(c)]
+            shard_outcomes += shards
+            outcomes.append(after_shards(c, shards) or _run(c, work.score_cell, i + 1, len(cells), progress,
+                                                            fresh=bool(shards)))
         run_ids = {o.unit.key: tracker.log_cell(o.result, layout, o.cached) for o in outcomes if o.ok and tracker}
         experiments = []
         for cell_outcome in [o for o in outcomes if o.ok and plan.finetune_wanted(cfg, o.unit)]:
@@ -67,7 +87,7 @@ def run_serial(cfg: SweepConfig, *, layout: Layout | None = None, run_name: str 
                 experiments.append(res)
                 if tracker:
                     tracker.log_experiment(exp, [o.result for o in done[1:]], res, run_ids[cell.key])
-        man = finish_sweep(cfg, layout, outcomes, run_ids, experiments, tracker)
+        man = finish_sweep(cfg, layout, outcomes + shard_outcomes, run_ids, experiments, tracker)
     except BaseException as e:
         if tracker:
             tracker.end("KILLED" if interruption(e) else "FAILED", quiet=True)  # Ctrl-C / SIGTERM: KILLED

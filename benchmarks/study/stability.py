@@ -132,6 +132,29 @@ def estimators() -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), (pd.concat(merged) if merged else pd.DataFrame())
 
 
+def analytic_from_weights() -> pd.DataFrame:
+    """probe vs analytic without another forward pass: the analytic baseline ||W||_F/sqrt(d_in) is
+    `rms_gain` in weights-spectral/spectral.parquet (same fp32 weights), so NFN_analytic = feature_norm /
+    rms_gain for every module of every study-nfn-maps cell."""
+    path = RESULTS / "weights-spectral" / "spectral.parquet"
+    mods = read_table("study-nfn-maps", "modules")
+    if mods.empty or not path.exists():
+        return pd.DataFrame()
+    w = pd.read_parquet(path)[["model", "layer", "type", "rms_gain"]]
+    d = mods.merge(w, on=["model", "layer", "type"], how="inner")
+    d["nfn_analytic"] = d["feature_norm"] / d["rms_gain"]
+    d["gap"] = d["rms_gain"] / d["baseline_norm"] - 1  # Jensen: analytic >= probe, up to probe noise
+    rows = []
+    for (m, t), g in d.groupby(["model", "task"]):
+        probe = g.groupby("type")["nfn"].mean()
+        ana = g.groupby("type")["nfn_analytic"].mean()
+        rows.append({"model": m, "task": t, "modules": len(g), "median gap": float(g["gap"].median()),
+                     "max gap": float(g["gap"].max()), "min gap": float(g["gap"].min()),
+                     "tau probe vs analytic": tau(probe, ana), "same top-3": top(probe) == top(ana),
+                     "analytic top-3": fmt_set(top(ana))})
+    return pd.DataFrame(rows)
+
+
 def fig_n(df: pd.DataFrame) -> None:
     if df.empty:
         return
@@ -205,6 +228,9 @@ def main() -> None:
         note = ""
     write_table("estimators", est, CMD, "Type order under the three estimators (gsm8k, 32 sequences). " + note)
     fig_estimators(merged)
+    write_table("analytic_vs_probe", analytic_from_weights(), CMD,
+                "probe vs analytic on every study-nfn-maps cell, no extra forward pass: gap = ||W||_F/sqrt(d_in) / "
+                "rho_probe(W) - 1 per module (Jensen: >= 0 up to the probe's Monte Carlo error).")
 
 
 if __name__ == "__main__":

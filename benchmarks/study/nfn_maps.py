@@ -44,7 +44,7 @@ def cells(types: pd.DataFrame) -> list[tuple[str, str]]:
     return [(m, t) for m in ordered_models(types["model"]) for t in tasks if (m, t) in have]
 
 
-def table_types(types: pd.DataFrame, placements: pd.DataFrame) -> pd.DataFrame:
+def table_types(types: pd.DataFrame, placements: pd.DataFrame, modules: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for m, t in cells(types):
         d = types[(types["model"] == m) & (types["task"] == t)].set_index("type")
@@ -57,6 +57,8 @@ def table_types(types: pd.DataFrame, placements: pd.DataFrame) -> pd.DataFrame:
         row["order (low to high)"] = " < ".join(ranking(s))
         row["plop top-3"] = fmt_set(top(s))
         row["stability"] = f"{pl['stability'].iloc[0]:.2f}" if len(pl) else ""
+        med = modules[(modules["model"] == m) & (modules["task"] == t)].groupby("type")["nfn"].median()
+        row["top-3 by median over layers"] = fmt_set(top(med))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,9 +138,10 @@ def main() -> None:
     placements = read_table(SWEEP, "placements")
     if types.empty:
         raise SystemExit(f"no results under docs/study/results/{SWEEP} yet: run the sweep first")
-    write_table("nfn_types", table_types(types, placements), CMD,
+    write_table("nfn_types", table_types(types, placements, modules), CMD,
                 "Per-type NFN [95% bootstrap interval over sequences and probe baselines]; stability = share of "
-                "1000 bootstrap resamples that pick the same top-3.")
+                "1000 bootstrap resamples that pick the same top-3; the last column ranks types by the median "
+                "over layers instead of the mean (robustness to a few extreme layers).")
     write_table("dependence", table_dependence(types), CMD,
                 "Kendall tau-b of the 7 type NFNs between two cells (1 = same order).")
     fig_types(types)

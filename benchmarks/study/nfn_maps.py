@@ -95,12 +95,14 @@ def fig_types(types: pd.DataFrame) -> None:
                 continue
             off = (j - (len(tasks) - 1) / 2) * 0.15
             err = np.vstack([d["nfn"] - d["nfn_ci_low"], d["nfn_ci_high"] - d["nfn"]])
-            ax.errorbar(x + off, d["nfn"], yerr=err, fmt="o", ms=4, capsize=2, label=t)
+            line = ax.errorbar(x + off, d["nfn"], yerr=err, fmt="o", ms=4, capsize=2, label=t)
+            ax.errorbar(x + off, d["nfn"], yerr=d["layer_std"], fmt="none", lw=4, alpha=0.2,
+                        color=line[0].get_color())
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, TYPE_ORDER)
         ax.set_title(m)
         ax.set_xlabel("module type")
-    axes[0][0].set_ylabel("type NFN (mean over layers), 95% bootstrap CI")
+    axes[0][0].set_ylabel("type NFN (mean over layers)\n95% bootstrap CI (thin, tiny); +-1 sd over layers (wide)")
     axes[0][-1].legend(title="task", fontsize=8)
     fig.suptitle("PLoP NFN per module type (128 sequences, <= 256 tokens, probe); LoRA goes to the lowest 3")
     fig.tight_layout()

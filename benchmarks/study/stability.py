@@ -1,0 +1,237 @@
+"""Study point 2: stability of PLoP's type order against the sample size, the maximum length and the estimator.
+
+Usage (repo root, after any of the sweeps study-stability-n, study-stability-n-large, study-length-*,
+study-estimator-*; missing ones are skipped):
+    .venv/bin/python benchmarks/study/stability.py
+Writes docs/study/tables/stability_n.md, stability_length.md, estimators.md and the figures
+docs/study/stability_n.png, stability_length.png, estimators.png.
+
+Sample size: each cell of study-stability-n* is gsm8k scored on n sequences drawn with sample seed s
+(task label gsm8k-n<n>-s<s>). The reference order of a model is its study-nfn-maps gsm8k cell (the same
+sampler at n=128, seed 0, i.e. the rows of gsm8k-n128-s0). Per n: Kendall tau to the reference (mean,
+min over seeds), the share of seeds whose top-3 equals the reference top-3, and the mean tau between
+seeds. "Stable" = every seed's top-3 equals the reference's and the minimum tau >= 0.9 (a swap of
+two types at most among the 21 pairs gives 0.905).
+Length: MATH at max_length 64..1024, reference = the longest length run for the model.
+Estimators: probe, reference (the authors', per-token Gaussian vectors) and analytic (||W||_F/sqrt(d_in))
+on the same gsm8k sample; module-level NFN differences and type-order agreement.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from common import (
+    FIGS,
+    RESULTS,
+    fmt_set,
+    ordered_models,
+    pairs,
+    ranking,
+    read_table,
+    tau,
+    top,
+    type_series,
+    write_table,
+)
+
+CMD = ".venv/bin/python benchmarks/study/stability.py"
+LENGTHS = (64, 128, 256, 512, 1024)
+ESTIMATORS = ("probe", "reference", "analytic")
+
+
+def sample_size() -> pd.DataFrame:
+    parts = [read_table(s, "types") for s in ("study-stability-n", "study-stability-n-large")]
+    df = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(not p.empty for p in parts) else None
+    maps = read_table("study-nfn-maps", "types")
+    if df is None or maps.empty:
+        return pd.DataFrame()
+    rows = []
+    for m in ordered_models(df["model"]):
+        if "gsm8k" not in set(maps[maps["model"] == m]["task"]):
+            continue
+        ref = type_series(maps, m, "gsm8k")
+        cells = {}
+        for t in set(df[df["model"] == m]["task"]):
+            n, s = map(int, re.fullmatch(r"gsm8k-n(\d+)-s(\d+)", t).groups())
+            cells.setdefault(n, {})[s] = type_series(df, m, t)
+        for n in sorted(cells):
+            by_seed = cells[n]
+            taus = [tau(x, ref) for x in by_seed.values()]
+            between = [tau(by_seed[a], by_seed[b]) for a, b in pairs(sorted(by_seed))]
+            agree = [top(x) == top(ref) for x in by_seed.values()]
+            rows.append({"model": m, "n": n, "seeds": len(by_seed), "mean tau vs ref": float(np.mean(taus)),
+                         "min tau vs ref": float(np.min(taus)), "top-3 = ref (share)": float(np.mean(agree)),
+                         "mean tau between seeds": float(np.mean(between)) if between else float("nan"),
+                         "top-3 sets seen": " / ".join(sorted({fmt_set(top(x)) for x in by_seed.values()})),
+                         "stable": bool(all(agree) and min(taus) >= 0.9)})
+    return pd.DataFrame(rows)
+
+
+def truncated_share(sweep: str) -> dict[str, float]:
+    out = {}
+    for rec in (RESULTS / sweep / "cells").glob("*/*/*/record.json"):
+        r = json.loads(rec.read_text())
+        if r.get("code_version") == "study-1":
+            out[r["model_name"]] = r["meta"].get("truncated_share")
+    return out
+
+
+def length() -> pd.DataFrame:
+    tables = {L: read_table(f"study-length-{L}", "types") for L in LENGTHS}
+    tables = {L: t for L, t in tables.items() if not t.empty}
+    if not tables:
+        return pd.DataFrame()
+    rows = []
+    models = ordered_models(pd.concat(tables.values())["model"])
+    for m in models:
+        have = [L for L in LENGTHS if L in tables and m in set(tables[L]["model"])]
+        if not have:
+            continue
+        ref_len = max(have)
+        ref = type_series(tables[ref_len], m, "math")
+        for L in have:
+            s = type_series(tables[L], m, "math")
+            rows.append({"model": m, "max_length": L, "reference length": ref_len,
+                         "truncated share": truncated_share(f"study-length-{L}").get(m), "tau vs ref": tau(s, ref),
+                         "top-3": fmt_set(top(s)), "top-3 = ref": top(s) == top(ref),
+                         "order": " < ".join(ranking(s))})
+    return pd.DataFrame(rows)
+
+
+def estimators() -> tuple[pd.DataFrame, pd.DataFrame]:
+    types = {e: read_table(f"study-estimator-{e}", "types") for e in ESTIMATORS}
+    mods = {e: read_table(f"study-estimator-{e}", "modules") for e in ESTIMATORS}
+    types = {e: t for e, t in types.items() if not t.empty}
+    if len(types) < 2:
+        return pd.DataFrame(), pd.DataFrame()
+    rows, merged = [], []
+    models = ordered_models(pd.concat(types.values())["model"])
+    for m in models:
+        have = [e for e in types if m in set(types[e]["model"])]
+        for e in have:
+            s = type_series(types[e], m, "gsm8k")
+            rows.append({"model": m, "estimator": e, "top-3": fmt_set(top(s)), "order": " < ".join(ranking(s)),
+                         **{f"tau vs {o}": tau(s, type_series(types[o], m, "gsm8k")) for o in have if o != e}})
+        if "probe" in have:
+            p = mods["probe"][mods["probe"]["model"] == m].set_index("module")
+            for e in have:
+                if e == "probe":
+                    continue
+                o = mods[e][mods[e]["model"] == m].set_index("module")
+                d = pd.DataFrame({"model": m, "other": e, "type": p["type"], "probe": p["nfn"],
+                                  "value": o["nfn"].reindex(p.index)})
+                merged.append(d)
+    return pd.DataFrame(rows), (pd.concat(merged) if merged else pd.DataFrame())
+
+
+def analytic_from_weights() -> pd.DataFrame:
+    """probe vs analytic without another forward pass: the analytic baseline ||W||_F/sqrt(d_in) is
+    `rms_gain` in weights-spectral/spectral.parquet (same fp32 weights), so NFN_analytic = feature_norm /
+    rms_gain for every module of every study-nfn-maps cell."""
+    path = RESULTS / "weights-spectral" / "spectral.parquet"
+    mods = read_table("study-nfn-maps", "modules")
+    if mods.empty or not path.exists():
+        return pd.DataFrame()
+    w = pd.read_parquet(path)[["model", "layer", "type", "rms_gain"]]
+    d = mods.merge(w, on=["model", "layer", "type"], how="inner")
+    d["nfn_analytic"] = d["feature_norm"] / d["rms_gain"]
+    d["gap"] = d["rms_gain"] / d["baseline_norm"] - 1  # Jensen: analytic >= probe, up to probe noise
+    rows = []
+    for (m, t), g in d.groupby(["model", "task"]):
+        probe = g.groupby("type")["nfn"].mean()
+        ana = g.groupby("type")["nfn_analytic"].mean()
+        rows.append({"model": m, "task": t, "modules": len(g), "median gap": float(g["gap"].median()),
+                     "max gap": float(g["gap"].max()), "min gap": float(g["gap"].min()),
+                     "tau probe vs analytic": tau(probe, ana), "same top-3": top(probe) == top(ana),
+                     "analytic top-3": fmt_set(top(ana))})
+    return pd.DataFrame(rows)
+
+
+def fig_n(df: pd.DataFrame) -> None:
+    if df.empty:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in ordered_models(df["model"]):
+        d = df[df["model"] == m].sort_values("n")
+        a1.plot(d["n"], d["mean tau vs ref"], "o-", label=m)
+        a1.fill_between(d["n"], d["min tau vs ref"], d["mean tau vs ref"], alpha=0.2)
+        a2.plot(d["n"], d["top-3 = ref (share)"], "o-", label=m)
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("sequences scored (gsm8k, <= 256 tokens)")
+        a.legend(fontsize=8)
+    a1.set_ylabel("Kendall tau to the 128-sequence order (mean; band: min)")
+    a2.set_ylabel("share of sample seeds with the reference top-3")
+    a2.set_ylim(-0.05, 1.05)
+    fig.suptitle("Stability of the type order against the number of sequences (5 sample seeds per n)")
+    fig.tight_layout()
+    fig.savefig(FIGS / "stability_n.png", dpi=110)
+
+
+def fig_length(df: pd.DataFrame) -> None:
+    if df.empty:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in ordered_models(df["model"]):
+        d = df[df["model"] == m].sort_values("max_length")
+        ax.plot(d["max_length"], d["tau vs ref"], "o-", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("max_length (MATH, 128 sequences)")
+    ax.set_ylabel("Kendall tau to the longest length's order")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(FIGS / "stability_length.png", dpi=110)
+
+
+def fig_estimators(merged: pd.DataFrame) -> None:
+    if merged.empty:
+        return
+    others = sorted(set(merged["other"]))
+    fig, axes = plt.subplots(1, len(others), figsize=(5 * len(others), 4.4), squeeze=False)
+    for ax, e in zip(axes[0], others, strict=True):
+        for m in ordered_models(merged["model"]):
+            d = merged[(merged["model"] == m) & (merged["other"] == e)]
+            ax.scatter(d["probe"], d["value"], s=6, label=m)
+        lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+        ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("module NFN, probe (512 unit vectors)")
+        ax.set_ylabel(f"module NFN, {e}")
+        ax.legend(fontsize=8)
+    fig.suptitle("The three rho(W) estimators on the same gsm8k sample (every hooked module)")
+    fig.tight_layout()
+    fig.savefig(FIGS / "estimators.png", dpi=110)
+
+
+def main() -> None:
+    n = sample_size()
+    write_table("stability_n", n, CMD, "Type order vs the number of sequences; reference = study-nfn-maps gsm8k "
+                "(128 sequences, sample seed 0). stable = all seeds give the reference top-3 and min tau >= 0.9.")
+    fig_n(n)
+    L = length()
+    write_table("stability_length", L, CMD, "Type order vs max_length on MATH (128 sequences).")
+    fig_length(L)
+    est, merged = estimators()
+    if not merged.empty:
+        rel = (merged["value"] / merged["probe"] - 1).abs()
+        summ = merged.assign(rel=rel).groupby(["model", "other"])["rel"].agg(["median", "max"]).reset_index()
+        note = "Module-level |NFN_other / NFN_probe - 1|: " + "; ".join(
+            f"{r.model} {r.other}: median {r['median']:.4f}, max {r['max']:.4f}" for _, r in summ.iterrows())
+    else:
+        note = ""
+    write_table("estimators", est, CMD, "Type order under the three estimators (gsm8k, 32 sequences). " + note)
+    fig_estimators(merged)
+    write_table("analytic_vs_probe", analytic_from_weights(), CMD,
+                "probe vs analytic on every study-nfn-maps cell, no extra forward pass: gap = ||W||_F/sqrt(d_in) / "
+                "rho_probe(W) - 1 per module (Jensen: >= 0 up to the probe's Monte Carlo error).")
+
+
+if __name__ == "__main__":
+    main()

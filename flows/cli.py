@@ -64,6 +64,7 @@ def _run(cfg, args) -> dict:
         from flows import run_sweep
 
         man = run_sweep(cfg, num_cpus=args.num_cpus)
+        print(man["markdown"])  # the flow logs it too; the user of `plop sweep` reads it here
     return man
 
 

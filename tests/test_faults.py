@@ -168,7 +168,7 @@ def test_kill_ray_worker_mid_cell_retries_the_unit(tmp_path, prefect_api, monkey
     def kill_worker_after_first_cell():
         first = wait_until(lambda: list(root.glob("cells/**/record.json")), timeout=600, step=0.05)
         if first:
-            pid = json.loads(first[0].read_text())["pid"]  # the Ray worker scoring this model's cells
+            pid = json.loads(first[0].read_text())["runtime"]["worker_pid"]  # the Ray worker (model host) scoring it
             os.kill(pid, signal.SIGKILL)
             killed.update(pid=pid, before={str(p) for p in root.glob("cells/**/record.json")})
 
@@ -181,7 +181,7 @@ def test_kill_ray_worker_mid_cell_retries_the_unit(tmp_path, prefect_api, monkey
     assert killed and not man["failed"] and len(man["cells"]) == n
     recs = {k: v for k, v in records(root).items() if k.startswith("cells/")}
     after_kill = [r for k, r in recs.items() if str(root / k) not in killed["before"]]
-    assert after_kill and all(r["pid"] != killed["pid"] for r in after_kill)  # recomputed by the retry
+    assert after_kill and all(r["runtime"]["worker_pid"] != killed["pid"] for r in after_kill)  # by the retry
     assert assert_every_record_done(root) == n  # every cell present once, each file readable
     assert temp_files(root) == []
     # Prefect shows it: the cells done before the kill ran twice (Completed, then Cached in the retry); the

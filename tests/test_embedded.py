@@ -35,8 +35,9 @@ def test_plop_sweep_embedded_default(tmp_path):
                            "--num-cpus", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # the summary's NFN row of the cell: seven per-type values, and the placement is the three lowest
-    rows = {line for line in proc.stdout.splitlines() if line.startswith("| tiny-llama | arithmetic |")}
-    assert len(rows) == 1, rows  # printed by the flow, and echoed by its logger: the same row
+    nfn_table = proc.stdout.split("## NFN per module type")[1].split("## Cells")[0]
+    rows = {line for line in nfn_table.splitlines() if line.startswith("| tiny-llama | arithmetic |")}
+    assert len(rows) == 1, rows  # printed by `plop sweep`, and by the flow into its log: the same row
     (row,) = rows
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| model | task |"))
     cols, vals = header.strip("| ").split(" | "), row.strip("| ").split(" | ")

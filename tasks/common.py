@@ -47,4 +47,9 @@ def outcome(unit, state) -> Outcome:
         state = state.state
     if state.is_completed():
         return Outcome(unit=unit, result=state.result(), cached=state.name == "Cached")
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, BaseException):  # the unit's own error, not Ray's wrapper of it (RayTaskError.cause)
+        from plop_core.errors import explain
+
+        return Outcome(unit=unit, error=explain(getattr(exc, "cause", None) or exc))
     return Outcome(unit=unit, error=str(state.message))

@@ -184,15 +184,14 @@ def test_kill_ray_worker_mid_cell_retries_the_unit(tmp_path, prefect_api, monkey
     assert after_kill and all(r["runtime"]["worker_pid"] != killed["pid"] for r in after_kill)  # by the retry
     assert assert_every_record_done(root) == n  # every cell present once, each file readable
     assert temp_files(root) == []
-    # Prefect shows it: the cells done before the kill ran twice (Completed, then Cached in the retry); the
-    # cell in flight has a Crashed task run (its worker died) and a Completed one; nothing left Running
+    # Prefect shows it: every cell ends Completed (the one in flight on the killed host by its retry, on the
+    # restarted host); nothing left Running
     runs = _task_runs(man["flow_run_id"])
     states = {}
     for name, state in runs:
         states.setdefault(name, []).append(state)
     cells = {k: sorted(v) for k, v in states.items() if k.startswith("score tiny on")}
     assert len(cells) == n and all(v.count("Completed") + v.count("Cached") >= 1 for v in cells.values())
-    assert any("Cached" in v for v in cells.values()), cells
     assert not any(s in ("Running", "Pending") for _, s in runs), runs
 
 

@@ -84,9 +84,13 @@ def main() -> None:
         ax.bar(x - 0.2, d["score s / cell (mean)"], 0.4, label="NFN scoring, one task (128 seq)")
         ax.bar(x + 0.2, d[epoch_col[0]], 0.4, label=f"one SFT epoch, GSM8K {EPOCH_ROWS} rows (extrapolated)")
         ax.set_yscale("log")
+        ax.set_ylim(10, d[epoch_col[0]].max() * 8)
+        for xi, a, b in zip(x, d["score s / cell (mean)"], d[epoch_col[0]], strict=True):
+            ax.annotate(f"{a:,.0f} s", (xi - 0.2, a), ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"{b:,.0f} s", (xi + 0.2, b), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, d["model"])
         ax.set_ylabel("seconds on the shared 2-core CPU")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
         fig.tight_layout()
         fig.savefig(FIGS / "cost.png", dpi=110)
 

@@ -10,6 +10,8 @@ per-type means over layers). Writes
                                       with each task's NFN order
 - docs/study/tables/task_vs_random.md per (model, task): does the order or the top-3 differ from random tokens?
 - docs/study/data_matters.png         type NFN on random tokens (x) vs on each task (y), per model
+- docs/study/tables/modules_vs_random.md, docs/study/data_matters_modules.png: the same at module level
+  (every layer's every module: NFN on the task vs on random tokens)
 - docs/study/weights_vs_nfn.png       weights-only anisotropy sigma_1 sqrt(d_in)/||W||_F vs type NFN
 Weights-only rules are oriented so that the FIRST types are the ones LoRA would get (like PLoP's lowest NFN):
 anisotropy ascending (pre-registered: it bounds the NFN any input can reach), stable rank and effective rank
@@ -107,6 +109,40 @@ def fig_random(maps, rand) -> None:
     fig.savefig(FIGS / "data_matters.png", dpi=110)
 
 
+def modules_vs_random() -> pd.DataFrame:
+    """Module-level agreement: correlation of log NFN across all modules, share of modules within 10 %."""
+    mods, rmods = read_table("study-nfn-maps", "modules"), read_table("study-random-tokens", "modules")
+    if mods.empty or rmods.empty:
+        return pd.DataFrame()
+    r = rmods[["model", "module", "nfn"]].rename(columns={"nfn": "nfn_random"})
+    d = mods.merge(r, on=["model", "module"])
+    rows = []
+    for (m, t), g in d.groupby(["model", "task"]):
+        ratio = g["nfn"] / g["nfn_random"]
+        rows.append({"model": m, "task": t, "modules": len(g),
+                     "pearson log NFN": float(np.corrcoef(np.log(g["nfn"]), np.log(g["nfn_random"]))[0, 1]),
+                     "median |task/random - 1|": float((ratio - 1).abs().median()),
+                     "share within 10 %": float(((ratio - 1).abs() <= 0.10).mean()),
+                     "max |task/random - 1|": float((ratio - 1).abs().max())})
+    fig, axes = plt.subplots(1, len(set(d["model"])), figsize=(4.6 * len(set(d["model"])), 4.3), squeeze=False)
+    for ax, m in zip(axes[0], ordered_models(d["model"]), strict=True):
+        g = d[d["model"] == m]
+        for ty in TYPE_ORDER:
+            h = g[g["type"] == ty]
+            ax.scatter(h["nfn_random"], h["nfn"], s=7, label=ty)
+        lim = [g[["nfn", "nfn_random"]].min().min() * 0.9, g[["nfn", "nfn_random"]].max().max() * 1.1]
+        ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{m}: every module, all tasks run")
+        ax.set_xlabel("module NFN on random tokens")
+        ax.set_ylabel("module NFN on task text")
+        ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(FIGS / "data_matters_modules.png", dpi=110)
+    return pd.DataFrame(rows)
+
+
 def fig_weights(maps, w) -> None:
     if w.empty:
         return
@@ -139,6 +175,8 @@ def main() -> None:
                 "tau and top-3 agreement against each task-text cell of the same model.")
     write_table("task_vs_random", vr, CMD, "Each task's NFN order against the same model's order on random tokens.")
     fig_random(maps, rand)
+    write_table("modules_vs_random", modules_vs_random(), CMD,
+                "Module level (each layer's q..down): NFN on the task text vs on random tokens, same model.")
     fig_weights(maps, w)
 
 

@@ -157,6 +157,9 @@ def ray_cluster(api_url: str, address: str | None = None, num_cpus: int | None =
     try:
         yield True
     finally:
+        from tasks.hosts import release_kept
+
+        release_kept()  # model hosts kept for the next sweep end with this Ray session
         ray.shutdown()
 
 

@@ -36,6 +36,13 @@ def release_kept() -> None:
         _KEPT.popitem()[1].kill()
 
 
+def _ray_session() -> tuple[str, str]:
+    """This Ray session: the job id alone repeats (the first driver of every new cluster is job 01000000),
+    the driver's node id is new with every cluster."""
+    ctx = ray.get_runtime_context()
+    return ctx.get_job_id(), ctx.get_node_id()
+
+
 @ray.remote
 class ModelHost:
     """One worker process holding models: `run` scores a unit with the model it already holds (or loads it)."""
@@ -107,11 +114,10 @@ class HostPool:
         for the next sweep in this process and Ray session, which reuses them when its resources are the
         same; otherwise they are killed on exit, freeing their CPUs/GPUs for the finetuning tasks."""
         size = max(1, min(n_units, host_slots(resources)))
-        job = ray.get_runtime_context().get_job_id()
-        spec = (job, tuple(sorted(resources.items())), size)
+        spec = (_ray_session(), tuple(sorted(resources.items())), size)
         pool = _KEPT.pop(spec, None)
         release_kept()  # hosts of another shape hold resources this sweep's hosts or tasks need
-        pool = pool or cls(size, resources)
+        pool = pool if pool is not None and pool.alive() else cls(size, resources)
         pool.pending.clear()
         try:
             yield pool
@@ -120,6 +126,15 @@ class HostPool:
                 _KEPT[spec] = pool
             else:
                 pool.kill()
+
+    def alive(self, timeout_s: float = 10.0) -> bool:
+        """Every host answers (a kept pool whose Ray session ended, or whose host died for good, is not)."""
+        try:
+            ray.get([h.where.remote() for h in self.hosts], timeout=timeout_s)
+        except Exception:  # noqa: BLE001  (RayActorError, GetTimeoutError, a dead session's errors)
+            self.kill()
+            return False
+        return True
 
     def kill(self) -> None:
         for h in self.hosts:

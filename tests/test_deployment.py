@@ -85,8 +85,11 @@ def deployed(prefect_api: str, *names: str):
     _cli(["work-pool", "create", "--type", "process", pool], env)
     deps = {}
     try:
-        which = [a for n in names for a in ("--name", n)] or ["--all"]
-        _cli(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", *which, "--pool", pool], env)
+        # one `prefect deploy --name N --pool POOL` each: with several deployments (`--all`) prefect ignores
+        # --pool and wants the pool named in prefect.yaml (plop-process) to exist already
+        for name in names or ("score", "benchmark"):
+            _cli(["--no-prompt", "deploy", "--prefect-file", "deploy/prefect.yaml", "--name", name, "--pool", pool],
+                 env)
         with get_client(sync_client=True) as client:
             for name in names or ("score", "benchmark"):
                 deps[name] = dep = client.read_deployment_by_name(f"plop-sweep/{name}")

@@ -9,6 +9,9 @@ for Qwen3/Gemma3-style models (v well below 1).
 """
 
 
+import json
+import re
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -89,4 +92,9 @@ def test_cli_score_on_real_model(tmp_path, capsys):
     types = pd.read_parquet(out / "types.parquet")
     assert set(types["type"]) == {"q", "k", "v", "o", "gate", "up", "down"}
     cfg = LoraConfig.from_pretrained(str(out))
-    assert cfg.r == 16 and cfg.lora_alpha == 32 and len(cfg.target_modules) == 90
+    assert cfg.r == 16 and cfg.lora_alpha == 32
+    # target_modules is one anchored regex (PEFT full-matches a string); it selects exactly the placement's
+    # 90 modules (v, up, down in each of 30 layers) among all scored modules
+    placed = set(json.loads((out / "placement.json").read_text())["target_modules"])
+    scored = pd.read_parquet(out / "modules.parquet")["module"]
+    assert len(placed) == 90 and {m for m in scored if re.fullmatch(cfg.target_modules, m)} == placed

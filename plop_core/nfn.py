@@ -17,6 +17,7 @@ Per-sequence statistics (module m, sequence i): num[i, m] / den[i, m] with sum(n
 from __future__ import annotations
 
 import inspect
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -68,9 +69,23 @@ def _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap
     return texts
 
 
+_DISCOVERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (structure stamp, Discovery)
+
+
+def _structure(model) -> tuple:
+    """What discovery depends on: every module (name and object) and its weight's shape. A model wrapped or
+    edited since (PEFT, a replaced or resized layer) has another stamp."""
+    return tuple((name, id(m), tuple(w.shape) if isinstance(w := getattr(m, "weight", None), torch.Tensor) else None)
+                 for name, m in model.named_modules())
+
+
 def _resolve_candidates(model, candidates):
-    if candidates is None:
-        return discovery_module.discover_candidates(model)
+    if candidates is None:  # discovered once per model structure (repeated calls from a notebook or benchmark)
+        stamp = _structure(model)
+        hit = _DISCOVERED.get(model)
+        if hit is None or hit[0] != stamp:
+            _DISCOVERED[model] = hit = (stamp, discovery_module.discover_candidates(model))
+        return hit[1]
     if hasattr(candidates, "candidates"):
         return candidates
     cands = list(candidates)
@@ -80,7 +95,7 @@ def _resolve_candidates(model, candidates):
     return discovery_module.Discovery(candidates=cands)
 
 
-def _refuse_heads(model, cands):
+def _refuse_heads(model, cands, index=None):
     heads = set()
     for getter in ("get_input_embeddings", "get_output_embeddings"):
         try:
@@ -90,7 +105,7 @@ def _refuse_heads(model, cands):
         if m is not None:
             heads.add(id(m))
     for c in cands:
-        if id(module_of(model, c)[0]) in heads:
+        if id(module_of(model, c, index)[0]) in heads:
             raise ValueError(f"candidate {c.name} is an embedding or the output head; these are never scored "
                              "(lm_head is the costliest matmul and takes no LoRA placement here); drop it")
 
@@ -119,7 +134,8 @@ def _right_padding(tokenizer):
             tokenizer.pad_token = None
 
 
-def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, progress) -> dict[str, Baseline]:
+def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, progress,
+               index=None) -> dict[str, Baseline]:
     """rho(W) of every candidate (and of its parts), from the cache when the weights' identity is known.
 
     Weights are read one at a time (`get_weight`): offloaded ones tensor by tensor from accelerate's map."""
@@ -129,7 +145,7 @@ def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, pro
     for c in tqdm(cands, desc=f"baselines ({estimator})", disable=not progress, leave=False):
         label = c.name if c.param is None or c.name.endswith(c.param) else f"{c.name}|{c.param}"
         parts = {p.type: torch.as_tensor(p.rows, dtype=torch.long) for p in c.parts}
-        mod, leaf = module_of(model, c)
+        mod, leaf = module_of(model, c, index)
         pname = f"{c.module_name}.{c.param}" if c.param else f"{c.name}.weight"
         key = cache_key(identity, label, n_probe, seed, weight_id(model, pname, getattr(mod, leaf or "weight")),
                         estimator=estimator)
@@ -267,7 +283,8 @@ def score_partial(model, tokenizer, texts, *, start=0, batch_size=8, max_length=
         raise ValueError(f"min_batch_size must be an integer in [1, batch_size={batch_size}], got {min_batch_size!r}")
     discovery = _resolve_candidates(model, candidates)
     cands = list(discovery.candidates)
-    _refuse_heads(model, cands)
+    index = dict(model.named_modules())
+    _refuse_heads(model, cands, index)
     cache = BaselineCache(baseline_cache)
     device, dtype = execution_device(model), next(model.parameters()).dtype
     was_training = model.training
@@ -284,8 +301,8 @@ def score_partial(model, tokenizer, texts, *, start=0, batch_size=8, max_length=
             order = _order(ids, full_len, max_length, include_padding)
             keep = np.sort(order)
             seqs = [ids[i][:max_length] for i in order]
-            base = _baselines(model, cands, estimator, n_probe, seed, cache, progress)
-            collector = HookCollector(model, units, estimator, base, seed, len(seqs), device)
+            base = _baselines(model, cands, estimator, n_probe, seed, cache, progress, index)
+            collector = HookCollector(model, units, estimator, base, seed, len(seqs), device, index)
             if seqs:
                 collector.attach()
                 n_tokens, backoff = _forward_all(model, tokenizer, seqs, collector, batch_size, min_batch_size,

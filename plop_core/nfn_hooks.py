@@ -44,10 +44,11 @@ SA, SCNT, SR, SB, SB2 = range(5)  # sum a(z), token count, sum a/rho (experts), 
 _TINY = 1e-30
 
 
-def module_of(model: torch.nn.Module, cand) -> tuple[torch.nn.Module, str | None]:
-    """(module to hook, packed-parameter leaf name or None) for a candidate."""
+def module_of(model: torch.nn.Module, cand, index: dict | None = None) -> tuple[torch.nn.Module, str | None]:
+    """(module to hook, packed-parameter leaf name or None) for a candidate. `index`: the model's
+    `dict(named_modules())`, built once per call (get_submodule walks every level, 4 times per candidate)."""
     try:
-        mod = model.get_submodule(cand.name)
+        mod = index[cand.name] if index is not None and cand.name in index else model.get_submodule(cand.name)
         leaf = cand.param.rpartition(".")[2] if cand.kind == "experts" and cand.param else None
         return mod, leaf
     except AttributeError:
@@ -104,8 +105,9 @@ class Unit:
 class HookCollector:
     """Registers the hooks, keeps the running sums, and removes the hooks (call `detach` in finally)."""
 
-    def __init__(self, model, units, estimator, baselines, seed, n_seq, device):
+    def __init__(self, model, units, estimator, baselines, seed, n_seq, device, index: dict | None = None):
         self.model, self.units, self.reference = model, units, estimator == "reference"
+        self.index = index  # the model's named modules (module_of)
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.stats = torch.zeros(5, len(units), n_seq, dtype=acc_dtype, device=device)
         n_mod = max(u.module_index for u in units) + 1
@@ -117,7 +119,7 @@ class HookCollector:
         self.expert_pairs: dict[int, np.ndarray] = {}
         self.expert_rho: dict[int, torch.Tensor] = {}
         for u in units:
-            mod, leaf = module_of(model, u.cand)
+            mod, leaf = module_of(model, u.cand, index)
             u.leaf = leaf
             self.names[u.module_index] = u.cand.name
             self.groups.setdefault(id(mod), (u.cand.name, mod, []))[2].append(u)
@@ -215,7 +217,7 @@ class HookCollector:
     def _linear_hook(self, name: str, units: list[Unit]):
         cand = units[0].cand
         plan = [(self.dpos[u.index], u.rows) for u in units]  # (buffer row, output rows) per unit, fixed
-        mod0, _ = module_of(self.model, cand)
+        mod0, _ = module_of(self.model, cand, self.index)
         biased = isinstance(getattr(mod0, "bias", None), torch.Tensor)
         norm = torch.linalg.vector_norm
         f32 = torch.float32

@@ -398,3 +398,28 @@ def test_no_bootstrap_gives_nan_interval_and_stability(llama, tok, texts):
     s = score_nfn(llama, tok, texts, n_bootstrap=0, progress=False)
     assert s.types["nfn_ci_low"].isna().all() and np.isnan(s.stability(3))
     assert np.isfinite(s.types["nfn"]).all()
+
+
+def test_discovery_is_reused_until_the_model_changes(tok, texts):
+    """Repeated score_nfn calls on one model discover its candidates once; a replaced module (same shape)
+    gives a new discovery, and the scores follow the new weights exactly as a fresh discovery's."""
+    from plop_core.nfn import _resolve_candidates
+
+    from plop_core.modules import discover_candidates
+
+    model = tiny_model("llama")
+    first = _resolve_candidates(model, None)
+    assert _resolve_candidates(model, None) is first
+    before = score_nfn(model, tok, texts, n_bootstrap=0, progress=False, baseline_cache=False)
+    old = model.model.layers[0].mlp.up_proj
+    torch.manual_seed(7)
+    model.model.layers[0].mlp.up_proj = torch.nn.Linear(old.in_features, old.out_features, bias=False)
+    second = _resolve_candidates(model, None)
+    assert second is not first and [c.name for c in second.candidates] == [c.name for c in first.candidates]
+    after = score_nfn(model, tok, texts, n_bootstrap=0, progress=False, baseline_cache=False)
+    fresh = score_nfn(model, tok, texts, n_bootstrap=0, progress=False, baseline_cache=False,
+                      candidates=discover_candidates(model))
+    up0 = "model.layers.0.mlp.up_proj"
+    nfn = lambda s: s.modules.set_index("module")["nfn"]  # noqa: E731
+    assert nfn(after)[up0] != pytest.approx(nfn(before)[up0], rel=1e-3)
+    np.testing.assert_allclose(nfn(after).to_numpy(), nfn(fresh).to_numpy(), rtol=1e-12)

@@ -403,9 +403,8 @@ def test_no_bootstrap_gives_nan_interval_and_stability(llama, tok, texts):
 def test_discovery_is_reused_until_the_model_changes(tok, texts):
     """Repeated score_nfn calls on one model discover its candidates once; a replaced module (same shape)
     gives a new discovery, and the scores follow the new weights exactly as a fresh discovery's."""
-    from plop_core.nfn import _resolve_candidates
-
     from plop_core.modules import discover_candidates
+    from plop_core.nfn import _resolve_candidates
 
     model = tiny_model("llama")
     first = _resolve_candidates(model, None)

@@ -53,12 +53,13 @@ def run_units(pool, cfg: dict) -> float:
     """Plan the cells under a fresh root, score them on `pool` (one thread per host); wall seconds."""
     from plop_core.config import load_sweep_config
     from plop_core.units import plan
+    from tasks.hosts import run_order
 
     cells = plan.plan_sweep(load_sweep_config(cfg))
     shards = [s for c in cells for s in plan.cell_shards(c)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(pool.hosts)) as ex:
-        first = shards or cells
+        first = [u for us in run_order(shards or cells) for u in us]  # the flow's order: longest first
         pool.expect(first + (cells if shards else []))
         for r in ex.map(lambda u: pool.run(u, {}), first):
             assert r.key

@@ -213,6 +213,20 @@ class PlopRayTaskRunner(RayTaskRunner):
         return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
 
 
+def ensure_ray() -> bool:
+    """Start Ray now when this flow run's task runner is the lazy PlopRayTaskRunner (a deployment's flow
+    run: Ray would otherwise start only at the first submitted task, after scoring chose how to run).
+    True when Ray is up; False under another task runner (`resources.use_ray: false`)."""
+    import ray
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None)
+    if not ray.is_initialized() and isinstance(runner, PlopRayTaskRunner) and not runner._ray_started:
+        runner._start_ray()
+    return ray.is_initialized()
+
+
 def ray_task_runner(**kw) -> PlopRayTaskRunner:
     """The task runner of the sweep flows (see PlopRayTaskRunner)."""
     return PlopRayTaskRunner(**kw)

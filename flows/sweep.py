@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import itertools
 
-import ray
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect_ray.context import remote_options
 
 from flows.params import Override, SweepName, run_name, source_of, sweep_config
-from flows.runtime import ray_task_runner
+from flows.runtime import ensure_ray, ray_task_runner
 from plop_core.config import SweepConfig
 from plop_core.errors import debug_enabled, explain, interruption
 from plop_core.preflight import preflight
@@ -73,7 +72,7 @@ def plop_sweep(config: SweepConfig | None = None, sweep: SweepName | None = None
         # 2. score the cells (and the shards of sharded cells) on Ray actors that keep their model loaded,
         #    spread over every worker; without Ray, one model's cells per process-pool task
         cells = plan.scoring_cells(cfg, models, samples, layout)
-        if ray.is_initialized():
+        if ensure_ray():  # Ray starts here in a deployment's flow run (after preflight and sampling)
             outcomes, shard_outcomes = scoring.score_on_hosts(cells, ray_resources(cfg),
                                                               keep=cfg.finetune.method == "none")
         else:

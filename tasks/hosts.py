@@ -192,3 +192,15 @@ class HostPool:
             raise
         self._give_back(i, key)
         return UNIT_TYPES[unit.kind][1].model_validate_json(out)
+
+
+def run_order(units: list) -> list[list]:
+    """Units taken round-robin across models (one of each model, then the next of each): with as many
+    hosts as models each host keeps one model; with more hosts, one model's units spread over them.
+    Each model's units go longest first (`cost`): the short ones fill in at the end, so hosts finish
+    together (4 tasks of 1.6-5.2 s on 2 hosts: 9.9 s in plan order, 9.0 s longest first)."""
+    by_model: dict[str, list] = {}
+    for u in sorted(units, key=lambda u: -u.cost):  # stable: plan order among equal costs
+        by_model.setdefault(u.model.identity_key, []).append(u)
+    rounds = max((len(v) for v in by_model.values()), default=0)
+    return [[v[i] for v in by_model.values() if i < len(v)] for i in range(rounds)]

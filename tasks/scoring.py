@@ -46,13 +46,13 @@ def score_on_hosts(cells: list[ScoringCell], resources: dict, keep: bool = False
     `keep`: leave the hosts running for the next sweep of this process (a scoring-only sweep)."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from tasks.hosts import HostPool
+    from tasks.hosts import HostPool, run_order
 
     shards = {c.key: shards_to_run(c) for c in cells}
     whole = [c for c in cells if not shards[c.key]]
     n_units = sum(len(s) for s in shards.values()) + len(whole)
     with HostPool.start(n_units, resources, keep) as pool, ThreadPoolTaskRunner(max_workers=len(pool.hosts)) as runner:
-        first = [u for us in _interleaved([*(s for ss in shards.values() for s in ss), *whole]) for u in us]
+        first = [u for us in run_order([*(s for ss in shards.values() for s in ss), *whole]) for u in us]
         pool.expect(first + [c for c in cells if shards[c.key]])  # the merges run on a host of their model too
         futures = {u.key: runner.submit(score_shard, {"shard": u, "hosts": pool}) if u.kind == "shard" else
                    runner.submit(score_cell, {"cell": u, "hosts": pool}) for u in first}
@@ -68,16 +68,6 @@ def score_on_hosts(cells: list[ScoringCell], resources: dict, keep: bool = False
         outcomes = [outcome(c, cell_fs[c.key]) if c.key in cell_fs else
                     merges[c.key] if isinstance(merges[c.key], Outcome) else outcome(c, merges[c.key]) for c in cells]
     return outcomes, shard_outcomes
-
-
-def _interleaved(units: list) -> list[list]:
-    """Units taken round-robin across models (one of each model, then the next of each): with as many
-    hosts as models each host keeps one model; with more hosts, one model's units spread over them."""
-    by_model: dict[str, list] = {}
-    for u in units:
-        by_model.setdefault(u.model.identity_key, []).append(u)
-    rounds = max((len(v) for v in by_model.values()), default=0)
-    return [[v[i] for v in by_model.values() if i < len(v)] for i in range(rounds)]
 
 
 @task(**NOT_PERSISTED, name="score-model", task_run_name="model {model_name}: {n_tasks} tasks")

@@ -72,3 +72,17 @@ def test_hosts_kept_from_an_ended_ray_session_are_not_reused():
 
         release_kept()
         ray.shutdown()
+
+
+def test_units_run_longest_first_round_robin_across_models():
+    from types import SimpleNamespace as NS
+
+    from tasks.hosts import run_order
+
+    def unit(model, task, cost):
+        return NS(model=NS(identity_key=model), task=task, cost=cost)
+
+    units = [unit("A", "arith", 1.6), unit("A", "gsm8k", 5.2), unit("A", "rte", 4.3), unit("B", "rte", 2.0),
+             unit("A", "mbpp", 4.7), unit("B", "mbpp", 2.0)]
+    order = [[(u.model.identity_key, u.task) for u in r] for r in run_order(units)]
+    assert order == [[("A", "gsm8k"), ("B", "rte")], [("A", "mbpp"), ("B", "mbpp")], [("A", "rte")], [("A", "arith")]]

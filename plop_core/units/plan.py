@@ -57,7 +57,8 @@ def draw_sample(task: str, sampling: SamplingConfig | dict, layout: Layout, *, t
     if layout.kind == "flat" or not path.exists():
         sample.to_parquet(path)
     return SampleRef(task=task, task_name=task_label(task), sample_hash=sample.sample_hash, path=layout.rel(path),
-                     n_rows=len(sample.texts), sampling=sampling)
+                     n_rows=len(sample.texts), sampling=sampling,
+                     n_chars=sum(min(len(t), 4 * sampling.max_length) for t in sample.texts))
 
 
 def finetune_arms(cfg: SweepConfig) -> tuple[list[str], list[int]]:

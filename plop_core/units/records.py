@@ -59,6 +59,8 @@ class SampleRef(_Record):
     path: str = Field(description="the sample's Parquet file, relative to the layout root")
     n_rows: int
     sampling: SamplingConfig
+    n_chars: int | None = Field(None, description="characters of the texts, each capped at 4 x max_length: the "
+                                "scoring cost the runners order units by (longest first)")
 
 
 class ScoringCell(_Record):
@@ -87,6 +89,11 @@ class ScoringCell(_Record):
         return self.sample.task_name
 
     @property
+    def cost(self) -> float:
+        """Scoring cost estimate (the sample's capped characters; rows when unknown): units run longest first."""
+        return float(self.sample.n_chars if self.sample.n_chars is not None else self.sample.n_rows)
+
+    @property
     def dir(self) -> Path:
         return self.layout.unit_dir("cells", self.model_name, self.task_name, self.key)
 
@@ -111,6 +118,11 @@ class ScoringShard(_Record):
     @property
     def layout(self) -> Layout:
         return self.cell.layout
+
+    @property
+    def cost(self) -> float:
+        """Scoring cost estimate: the shard's share of its cell's (units run longest first)."""
+        return self.cell.cost * (self.stop - self.start) / max(1, self.cell.sample.n_rows)
 
     @property
     def model(self) -> ModelRef:

@@ -46,7 +46,7 @@ def check_root(root: str) -> str:
     scheme, _, rest = text.partition("://")
     if scheme.lower() not in SCHEMES:
         raise ValueError(f"{text!r}: {scheme}:// is not supported; use a local folder or s3://bucket/prefix")
-    bucket, _, prefix = rest.strip("/").partition("/")
+    bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise ValueError(f"{text!r} names no bucket; use s3://bucket/prefix")
     if not _BUCKET.match(bucket):

@@ -171,3 +171,36 @@ def test_preflight_names_a_missing_bucket_before_any_work(s3, data, llama_dir):
     assert f"cannot write to s3://{BUCKET}-missing/x" in problems[0].message
     assert check(_cfg(f"s3://{BUCKET}/x", data, llama_dir))[1] == []
     assert _keys(s3, "x") == {}  # the probe object is gone
+
+
+@pytest.mark.server
+def test_prefect_flow_on_ray_writes_and_caches_an_s3_root(s3, data, llama_dir, prefect_api, tmp_path):
+    """The Prefect flow with its units on local Ray workers (each uploads what it wrote): same dataset on the
+    bucket, a rerun's task runs end `Cached`, no Prefect result (pickle) anywhere."""
+    from flows import run_sweep
+    from flows.runtime import ray_cluster
+
+    uri = f"s3://{BUCKET}/flow"
+    cfg = _cfg(uri, data, llama_dir).model_dump(mode="json")
+    with ray_cluster(prefect_api, num_cpus=2):
+        man = run_sweep(cfg)
+        assert not man["failed"] and len(man["cells"]) == 2 and not any(c["cached"] for c in man["cells"])
+        again = run_sweep(cfg)
+    assert not again["failed"] and all(c["cached"] for c in again["cells"])
+    states = {r.split(" on ")[-1]: s for r, s in _task_run_states(again["flow_run_id"]).items() if r.startswith("score")}
+    assert states == {"arithmetic": "Cached", "apples": "Cached"}
+    keys = _keys(s3, "flow")
+    for c in man["cells"]:
+        assert set(c["files"].values()) <= set(keys)
+    import pyarrow.dataset as ds
+
+    types = ds.dataset(f"{BUCKET}/flow/types", filesystem=s3, partitioning="hive").to_table().to_pandas()
+    assert len(types) == 2 * 7 and types["flow_run_id"].eq(man["flow_run_id"]).all()
+    stage = storage.local_dir(uri)
+    assert not any("prefect" in k for k in keys) and not list(stage.rglob("*prefect*"))
+
+
+def _task_run_states(flow_run_id) -> dict[str, str]:
+    from tests.test_flows import _task_runs
+
+    return _task_runs(flow_run_id, "score ")

@@ -185,7 +185,8 @@ class Store:
                 out.write(b"plop")
             self.fs.delete_file(key)
         except Exception as e:  # noqa: BLE001  (no bucket, refused, unreachable endpoint, bad credentials)
-            reason = " ".join(str(e).split())[:300]
+            reason = " ".join(str(e).split())
+            reason = reason if len(reason) <= 240 else reason[:240].rstrip() + " ..."
             return (f"cannot write to {self.uri} ({reason}); check the bucket exists and the AWS_* environment "
                     "(credentials, AWS_REGION, AWS_ENDPOINT_URL)")
         return None

@@ -204,3 +204,31 @@ def _task_run_states(flow_run_id) -> dict[str, str]:
     from tests.test_flows import _task_runs
 
     return _task_runs(flow_run_id, "score ")
+
+
+def test_finetune_experiment_on_s3_uploads_its_adapter_and_reruns_cached(s3, llama_dir):
+    """The finetuning units too: training rows, each arm's PEFT folder, the experiment's tables on the bucket;
+    MLflow logs the adapter fetched back from it; a rerun with the staging folder deleted trains nothing."""
+    uri = f"s3://{BUCKET}/sweeps/ft"
+    cfg = load_sweep_config({
+        "name": "ft", "models": [{"id": str(llama_dir), "name": "tiny"}], "tasks": ["arithmetic"],
+        "sampling": {"n_samples": 8, "max_length": 48}, "scorer": {"n_bootstrap": 20},
+        "finetune": {"method": "sft", "arms": ["plop"], "seeds": [0], "max_steps": 1, "train_samples": 4,
+                     "max_length": 48, "batch_size": 4, "lora": {"r": 2}},
+        "evaluation": {"n_samples": 3, "metrics": ["nll"]}, "outputs": {"root": uri, "experiment": "ft"}})
+    work.clear_model_cache()
+    man = run_serial(cfg, progress=False)
+    assert not man["failed"] and len(man["experiments"]) == 1
+    before = _keys(s3, "sweeps/ft")
+    keys = set(before)
+    exp = man["experiments"][0]
+    assert set(exp["files"].values()) <= keys
+    adapter = [k for k in keys if "/runs/plop_seed0/" in k and k.endswith("adapter_model.safetensors")]
+    assert len(adapter) == 1 and any(k.endswith("/train_rows.json") for k in keys)
+    shutil.rmtree(storage.local_dir(uri))
+    again = run_serial(cfg, track=False, progress=False)
+    assert not again["failed"] and again["model_loads"] == 0 and again["experiments"] == man["experiments"]
+    assert all(c["cached"] for c in again["cells"])
+    # the base evaluation's and the arm's records (and adapters) were not written again: nothing was trained
+    unit_files = [k for k in keys if k.startswith("finetune/") and ("/runs/" in k or "/base/" in k)]
+    assert len(unit_files) >= 4 and {k: _keys(s3, "sweeps/ft")[k] for k in unit_files} == {k: before[k] for k in unit_files}

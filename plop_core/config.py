@@ -239,9 +239,18 @@ class ResourcesConfig(_Strict):
 
 
 class OutputsConfig(_Strict):
-    root: str = Field("results", description="results root: Parquet dataset, MLflow store, PNGs")
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite under root")
+    root: str = Field("results", description="results root: Parquet dataset, MLflow store, PNGs; a local folder or "
+                      "s3://bucket/prefix (credentials and endpoint from the AWS_* environment; docs/deploy.md)")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite under root "
+                                   "(an s3:// root: under its local staging folder)")
     experiment: str = Field("plop", description="MLflow experiment name")
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_a_folder_or_bucket(cls, v: str) -> str:
+        from plop_core.storage import check_root
+
+        return check_root(v)
 
     @field_validator("experiment")
     @classmethod

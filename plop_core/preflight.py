@@ -6,7 +6,7 @@ wastes the night. `preflight(cfg)` checks every model (resolves; local folders h
 intact safetensors; fetched assets match their manifest; hub ids only when online), every task
 (resolves, has the split), `max_length` against each model's position limit (read from config.json,
 no weights loaded), that the results root is writable (a probe file, removed; a missing root is not
-created), that MLflow is reachable (SQLite folder writable, or an http server answering /health) and
+created; an `s3://` root: a probe object written and deleted, and its local staging folder), that MLflow is reachable (SQLite folder writable, or an http server answering /health) and
 that the disk has free space. It collects ALL problems and raises one `PreflightError` listing each
 with its field and fix, or returns a short report of what it checked.
 
@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plop_core import storage
 from plop_core.config import SweepConfig
 from plop_core.errors import explain
 
@@ -210,9 +211,14 @@ def _check_tasks(cfg: SweepConfig, report: PreflightReport, problems: list[Probl
 def check(cfg: SweepConfig, *, min_free_gb: float | None = None, mlflow_timeout: float = 3.0
           ) -> tuple[PreflightReport, list[Problem]]:
     """Run every check and return (report, problems) without raising; see `preflight`."""
-    root = Path(cfg.outputs.root).expanduser().resolve()
+    root = storage.local_dir(cfg.outputs.root)  # an s3:// root: its local staging folder, where writers write
     report = PreflightReport(root=str(root))
     report.free_gb, problems = check_output_folder(root, "outputs.root", min_free_gb)
+    if storage.is_remote(cfg.outputs.root):  # the bucket: a tiny object written and deleted
+        report.root = cfg.outputs.root
+        why = storage.Store(cfg.outputs.root).probe()
+        if why:
+            problems.append(Problem("outputs.root", why))
     report.mlflow_uri = uri = _mlflow_uri(cfg, root)
     why = _check_mlflow(uri, mlflow_timeout)
     if why:

@@ -4,7 +4,9 @@ Why: MLflow is where people compare runs. Everything goes through `MlflowClient`
 ids (no global "active run"), so the same helpers work from the flow process, a worker, or a test,
 and nested runs are linked with the standard `mlflow.parentRunId` tag the UI understands.
 Default store: a SQLite file under the results root (`sqlite:////abs/root/mlflow.db`) with artifacts
-in `<root>/mlartifacts`; any `MLFLOW_TRACKING_URI` (e.g. an `http://` server) works instead.
+in `<root>/mlartifacts`; any `MLFLOW_TRACKING_URI` (e.g. an `http://` server) works instead. With an
+object-store root (`s3://...`) the `root` here is its local staging folder (plop_core.storage): SQLite
+cannot live on S3, so the store and MLflow's artifact copies stay on the machine that runs the sweep.
 """
 
 from __future__ import annotations

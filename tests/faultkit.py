@@ -127,13 +127,12 @@ def assert_every_record_done(root: Path) -> int:
     the root) and every scored cell has exactly one Parquet file per table; returns the number of cells."""
     from plop_core.units import Layout
     from plop_core.units.records import CellResult
-    from plop_core.units.results import _readable
 
     lay = Layout.hive(root)
     cells = [CellResult.model_validate_json((Path(root) / rel).read_text())
              for rel in records(root) if rel.startswith("cells/")]
     for c in cells:
-        assert all(_readable(lay.resolve(f)) for f in c.files.values()), c.files
+        assert all(lay.readable(lay.resolve(f)) for f in c.files.values()), c.files
         for table in ("modules", "types", "placements"):
             found = list((Path(root) / table).rglob(f"{c.key}.parquet"))
             assert len(found) == 1, (table, c.key, found)

@@ -211,6 +211,10 @@ CASES = [
                  "experiment '../../../x' must be a plain name, not a path", id="set-experiment-escapes"),
     pytest.param((*DRY, "--set", "outputs.experiment=/tmp/x"), 2, "experiment '/tmp/x' must be a plain name",
                  id="set-experiment-absolute"),
+    pytest.param((*DRY, "--set", "outputs.root=s3://"), 2, "outputs.root: 's3://' names no bucket; use "
+                 "s3://bucket/prefix", id="set-root-s3-no-bucket"),
+    pytest.param((*DRY, "--set", "outputs.root=gs://b/x"), 2, "outputs.root: 'gs://b/x': gs:// is not supported",
+                 id="set-root-unknown-scheme"),
     # ---- preflight (sweep --dry-run): every problem at once, nothing started
     pytest.param((*DRY, "--set", "sampling.max_length=4096"), 2,
                  "sampling.max_length: 4096 exceeds the 256 positions of models[0]", id="preflight-max-length"),
@@ -232,6 +236,17 @@ CASES = [
                   "outputs.mlflow_uri=http://127.0.0.1:9"), 2, "preflight found 3 problems (nothing was started)",
                  id="preflight-all-at-once"),
 ]
+
+
+def test_unreachable_object_store_root_is_a_preflight_problem(work, tmp_path):
+    """outputs.root: s3://... whose endpoint refuses connections: one problem naming outputs.root, in seconds,
+    and no staging folder made."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "AWS_REGION": "us-east-1", "PLOP_STAGE_DIR": str(tmp_path / "stage")}
+    r = plop(*_sub(DRY, work, work), "--set", "outputs.root=s3://plop-nowhere/x", cwd=work, env=env)
+    assert r.returncode == 2 and "preflight found 1 problem" in r.stderr, r.stderr
+    assert "outputs.root: cannot write to s3://plop-nowhere/x (" in r.stderr and "AWS_ENDPOINT_URL" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and not (tmp_path / "stage").exists()
 
 
 @pytest.mark.parametrize(("argv", "status", "phrase"), CASES)

@@ -8,6 +8,10 @@
 
 Every path a record stores is relative to the root, and `resolve` refuses one that leaves it: a
 record in a shared results root cannot point a reader at files elsewhere.
+
+A hive root may be an object store (`s3://bucket/prefix`, see `plop_core.storage`): paths are then
+local paths in the root's staging folder (`base`), `publish` uploads written files, `resolve` fetches
+what a reader asks for, and `exists` / `read_text` / `readable` ask the store, never the staging copy.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from plop_core import storage
 from plop_core.artifacts import safe_label
 
 
@@ -28,15 +33,28 @@ class Layout(BaseModel):
 
     @classmethod
     def hive(cls, root: str | Path) -> Layout:
+        """A local folder (made absolute) or `s3://bucket/prefix`."""
+        if storage.is_remote(root):
+            return cls(kind="hive", root=storage.check_root(str(root)))
         return cls(kind="hive", root=str(Path(root).expanduser().resolve()))
 
     @classmethod
     def flat(cls, root: str | Path) -> Layout:
+        if storage.is_remote(root):
+            raise ValueError(f"{root}: --out must be a local folder (an object store is for a sweep's outputs.root)")
         return cls(kind="flat", root=str(Path(root).expanduser().resolve()))
 
     @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.root)
+
+    @property
     def base(self) -> Path:
-        return Path(self.root)
+        """The local folder files are written to: the root, or a remote root's staging folder."""
+        return storage.local_dir(self.root)
+
+    def store(self) -> storage.Store | None:
+        return storage.Store(self.root) if self.remote else None
 
     def table_path(self, table: str, model: str, task: str, key: str) -> Path:
         """The one Parquet file of `table` for a unit."""
@@ -69,10 +87,37 @@ class Layout(BaseModel):
         """`path` (inside the root) as the relative string records store."""
         return Path(path).resolve().relative_to(self.base).as_posix()
 
-    def resolve(self, rel: str) -> Path:
-        """A stored relative path back to a file, refusing anything that leaves the root."""
-        p = (self.base / rel).resolve()
-        if Path(rel).is_absolute() or not p.is_relative_to(self.base):
+    def inside(self, rel: str) -> Path:
+        """A stored relative path back to its (local) path, refusing anything that leaves the root."""
+        base = self.base
+        p = (base / rel).resolve()
+        if Path(rel).is_absolute() or not p.is_relative_to(base):
             raise ValueError(f"results path {rel!r} leaves the results root {self.root}; the record is not "
                              "plop's (delete it to recompute the unit)")
         return p
+
+    def resolve(self, rel: str) -> Path:
+        """`inside`, and for a remote root the file (or folder) fetched into the staging folder first."""
+        p = self.inside(rel)
+        if self.remote:
+            self.store().fetch(p)
+        return p
+
+    # ---- what differs for a remote root: the store, not the staging folder, is the truth
+
+    def publish(self, *paths: str | Path) -> None:
+        """Upload written files (or folders) to a remote root, in order; nothing to do for a local root."""
+        if self.remote:
+            st = self.store()
+            for p in paths:
+                st.put(p)
+
+    def exists(self, path: str | Path) -> bool:
+        return self.store().exists(path) if self.remote else Path(path).exists()
+
+    def read_text(self, path: str | Path) -> str:
+        return self.store().read_bytes(path).decode() if self.remote else Path(path).read_text()
+
+    def readable(self, path: str | Path) -> bool:
+        """The file exists and loads (Parquet footer, JSON) where readers read it."""
+        return self.store().readable(path) if self.remote else storage.readable_local(Path(path))

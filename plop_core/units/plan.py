@@ -54,8 +54,9 @@ def draw_sample(task: str, sampling: SamplingConfig | dict, layout: Layout, *, t
     sample = sample_task(spec, n=sampling.n_samples, seed=sampling.seed, split=sampling.split,
                          allow_smaller=sampling.allow_smaller, source=sampling.source)
     path = layout.sample_path(task_label(task), sample.sample_hash)
-    if layout.kind == "flat" or not path.exists():
+    if layout.kind == "flat" or not layout.exists(path):
         sample.to_parquet(path)
+        layout.publish(path)
     return SampleRef(task=task, task_name=task_label(task), sample_hash=sample.sample_hash, path=layout.rel(path),
                      n_rows=len(sample.texts), sampling=sampling,
                      n_chars=sum(min(len(t), 4 * sampling.max_length) for t in sample.texts))
@@ -152,10 +153,11 @@ def plan_experiment(cell: ScoringCell, result: CellResult, cfg: SweepConfig) -> 
     key = config_hash("finetune", cell.key, ft, ev, artifacts.code_version())
     edir = lay.unit_dir("finetune", cell.model_name, cell.task_name, key)
     train_path, eval_path = edir / "train_rows.json", edir / "eval_rows.json"
-    if not (train_path.exists() and eval_path.exists()):
+    if not (lay.exists(train_path) and lay.exists(eval_path)):
         train, held = experiment_rows(resolve_task(cell.sample.task), ft.train_samples, ev.n_samples)
         artifacts.atomic_write_json(train_path, train)
         artifacts.atomic_write_json(eval_path, held)
+        lay.publish(train_path, eval_path)
     common = dict(run_name=cell.run_name, experiment_key=key, layout=lay, model=cell.model, task=cell.sample.task,
                   task_name=cell.task_name, finetune=ft, evaluation=ev, eval_rows=lay.rel(eval_path))
     runs = []

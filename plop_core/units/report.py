@@ -74,7 +74,9 @@ def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], 
 
 
 def shown(path: str) -> str:
-    """A path as people read it: relative to the working directory when it lies below it."""
+    """A path as people read it: relative to the working directory when it lies below it (a URL as it is)."""
+    if "://" in str(path):
+        return str(path)
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel
 
@@ -121,7 +123,9 @@ def units_failed(man: dict):
 
 
 def write_sweep_report(layout: Layout, name: str, markdown: str, man: dict) -> tuple[str, str]:
-    """manifest.json and summary.md under `<root>/sweeps/<name>/`; returns their paths."""
+    """manifest.json and summary.md under `<root>/sweeps/<name>/` (uploaded too for a remote root);
+    returns their local paths (a remote root's staging folder)."""
     out = layout.sweep_dir(name)
-    return (str(artifacts.atomic_write_json(out / "manifest.json", man)),
-            str(artifacts.atomic_write_text(out / "summary.md", markdown)))
+    paths = (artifacts.atomic_write_json(out / "manifest.json", man), artifacts.atomic_write_text(out / "summary.md", markdown))
+    layout.publish(*paths)
+    return str(paths[0]), str(paths[1])

@@ -10,6 +10,10 @@ carries the unit's key, and every file it lists is inside the root and readable 
 read). Anything else (no record, a deleted or truncated Parquet file, a stale key, a record that points
 outside the root) means "not done": the runner recomputes that unit and only it. The Prefect tasks
 show the same decision as a `Cached` state; there is no second cache.
+
+Object-store root (`s3://...`, plop_core.storage): the files are written to the staging folder as above,
+then uploaded one object each, the record LAST (the commit marker); the done-rule reads the record and
+checks the listed files on the store, so a unit whose upload was cut off is not done.
 """
 
 from __future__ import annotations
@@ -36,40 +40,30 @@ from plop_core.units.records import (
 )
 
 
-def _readable(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.read_metadata(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-    except (OSError, ValueError, Exception):  # noqa: BLE001  (pyarrow raises ArrowInvalid for a bad footer)
-        return False
-    return True
-
-
 def load_done(unit: ScoringCell | FinetuneRun | BaseEval | Experiment) -> Any | None:
     """The unit's result if it is done and loadable, else None (see the module docstring)."""
     cls = {"cell": CellResult, "shard": ShardResult, "arm": RunResult, "base": RunResult}.get(getattr(unit, "kind", ""), ExperimentResult)
-    try:
-        result = cls.model_validate_json(unit.record.read_text())
+    lay = unit.layout
+    try:  # a remote root: the record and the files it lists are read on the store, not the staging folder
+        result = cls.model_validate_json(lay.read_text(unit.record))
     except (OSError, ValueError, ValidationError):
         return None
     if result.key != unit.key:
         return None
     try:
-        paths = [unit.layout.resolve(rel) for rel in result.files.values()]
+        paths = [lay.inside(rel) for rel in result.files.values()]
     except ValueError:
         return None
-    return result if all(_readable(p) for p in paths) else None
+    return result if all(lay.readable(p) for p in paths) else None
 
 
-def write_record(unit, result) -> Any:
-    """Write `result` as the unit's record (last step of every unit)."""
+def write_record(unit, result, also: tuple = ()) -> Any:
+    """Write `result` as the unit's record (last step of every unit). A remote root: the files the record
+    lists (and the folders in `also`) are uploaded first, the record last (the commit marker)."""
+    lay = unit.layout
+    lay.publish(*(lay.inside(rel) for rel in result.files.values()), *also)
     artifacts.atomic_write_text(unit.record, result.model_dump_json(indent=2) + "\n")
+    lay.publish(unit.record)
     return result
 
 
@@ -201,15 +195,16 @@ def _scalars(d: dict | None) -> dict:
 
 def write_run(unit: FinetuneRun | BaseEval, train: dict, evaluation, extra: dict) -> RunResult:
     """Record of a trained arm (or the base model): metrics with intervals, per-row values, training summary."""
-    files = {}
+    files, also = {}, ()
     if train.get("adapter_dir"):
         adir = Path(train["adapter_dir"])
         files = {f.stem: unit.layout.rel(f) for f in sorted(adir.glob("adapter_*")) if f.is_file()}
         train = {**train, "adapter_dir": unit.layout.rel(adir)}
+        also = (adir,)  # the whole PEFT folder (the tracker logs it as the run's adapter)
     result = RunResult(kind=unit.kind, key=unit.key, metrics=evaluation.flat(), eval_s=evaluation.wall_s,
                        per_row={m: r.per_row for m, r in evaluation.metrics.items()}, train=train, files=files,
                        runtime=runtime(), **extra)
-    return write_record(unit, result)
+    return write_record(unit, result, also)
 
 
 def write_experiment(exp: Experiment, base: RunResult | None, arms: list[RunResult], metrics: list[str],

@@ -101,7 +101,7 @@ def finish_sweep(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], run_
     (or FAILED when a unit failed). Returns the manifest with `markdown`, `manifest` and `summary` paths."""
     uri = tracker.uri if tracker else ""
     # leftovers of writers that died mid-write (a killed worker or driver) go; live writers' files stay
-    extra["temp_files_removed"] = [layout.rel(p) for p in atomic.remove_dead_temps(layout.root)]
+    extra["temp_files_removed"] = [layout.rel(p) for p in atomic.remove_dead_temps(layout.base)]
     md = report.summary_markdown(cfg, layout, outcomes, run_ids, uri, experiments)
     man = report.manifest(cfg, layout, outcomes, run_ids, uri, experiments,
                           mlflow_parent_run_id=tracker.parent_run_id if tracker else None, **extra)

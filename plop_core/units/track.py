@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from plop_core import driver, tracking
+from plop_core import driver, storage, tracking
 from plop_core.config import SweepConfig
 from plop_core.mlflow_training import log_training_record
 from plop_core.runtime_info import runtime
@@ -38,7 +38,7 @@ class Tracker:
     @classmethod
     def start(cls, cfg: SweepConfig, flow: str) -> Tracker:
         """Create the sweep's parent run (whole config as params)."""
-        root = cfg.outputs.root
+        root = storage.local_dir(cfg.outputs.root)  # an s3:// root: its local staging folder (plop_core.storage)
         uri = tracking.resolve_tracking_uri(cfg.outputs.mlflow_uri, root)
         exp_id = tracking.ensure_experiment(uri, cfg.outputs.experiment, root)
         cfg_dict = cfg.model_dump(mode="json")

@@ -11,6 +11,9 @@ single model load per model (`study-stability-n*.yaml`, `sampling.split: all`, `
 every row of each file is scored). plop's sampler is nested (the n=8 sample of a seed is the first 8 rows
 of its n=16 sample), exactly as a user who grows n would see it.
 
+Question only (point 5): the study-nfn-maps gsm8k sample with each row's question alone, so that
+scoring on question-only text can be compared cell for cell with the question-plus-answer text.
+
 Random tokens (point 3): 128 texts of 128 token ids drawn uniformly (numpy seed 13) from SmolLM2-135M's
 vocabulary without its special tokens, decoded to text. Every model re-tokenizes the same text; for
 Gemma-3 and Qwen2.5 it is still random sub-word soup, not the model's own token distribution.
@@ -45,6 +48,16 @@ def stability_files() -> None:
             write_jsonl(OUT / f"gsm8k-n{n}-s{seed}.jsonl", rows)
 
 
+def question_only_file(n: int = 128, seed: int = 0) -> None:
+    """The study-nfn-maps gsm8k sample (same rows, same order) with the question only: the scoring text
+    without the worked answer (point 5: question-only vs question-plus-answer text for scoring)."""
+    from plop_core.data import resolve_task, sample_task
+
+    s = sample_task(resolve_task("gsm8k"), n=n, seed=seed, split="train", source="offline")
+    write_jsonl(OUT / f"gsm8k-questions-n{n}-s{seed}.jsonl",
+                [{"id": f"gsm8k-{r['id']}", "text": r["question"]} for r in s.rows])
+
+
 def random_token_file(n_texts: int = 128, n_tokens: int = 128, seed: int = 13) -> None:
     from transformers import AutoTokenizer
 
@@ -60,5 +73,6 @@ def random_token_file(n_texts: int = 128, n_tokens: int = 128, seed: int = 13) -
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     stability_files()
+    question_only_file()
     random_token_file()
     print(f"wrote {len(list(OUT.glob('*.jsonl')))} files under {OUT.relative_to(ROOT)}")

@@ -13,6 +13,7 @@ per-type means over layers). Writes
 - docs/study/tables/modules_vs_random.md, docs/study/data_matters_modules.png: the same at module level
   (every layer's every module: NFN on the task vs on random tokens)
 - docs/study/weights_vs_nfn.png       weights-only anisotropy sigma_1 sqrt(d_in)/||W||_F vs type NFN
+- docs/study/tables/question_only.md  (after study-question-only) gsm8k question + answer vs question only
 Weights-only rules are oriented so that the FIRST types are the ones LoRA would get (like PLoP's lowest NFN):
 anisotropy ascending (pre-registered: it bounds the NFN any input can reach), stable rank and effective rank
 descending, Spectrum SNR ascending.
@@ -166,6 +167,26 @@ def fig_weights(maps, w) -> None:
     fig.savefig(FIGS / "weights_vs_nfn.png", dpi=110)
 
 
+QUESTIONS = "gsm8k-questions-n128-s0"  # study-question-only's task label (the data file's stem)
+
+
+def question_only(maps: pd.DataFrame) -> pd.DataFrame:
+    """Point 5: per model, gsm8k scored on question + worked answer (study-nfn-maps) vs the same rows'
+    questions alone (study-question-only): order, top-3 and the largest per-type NFN change."""
+    q = read_table("study-question-only", "types")
+    rows = []
+    for m in ordered_models(maps["model"]):
+        if q.empty or m not in set(q["model"]) or "gsm8k" not in set(maps[maps["model"] == m]["task"]):
+            continue
+        full, only = type_series(maps, m, "gsm8k"), type_series(q, m, QUESTIONS)
+        rel = (only / full - 1).abs()
+        rows.append({"model": m, "kendall_tau": tau(full, only), "same order": ranking(full) == ranking(only),
+                     "same top-3": top(full) == top(only), "q+a top-3": fmt_set(top(full)),
+                     "question-only top-3": fmt_set(top(only)), "max |NFN ratio - 1|": float(rel.max()),
+                     "type of max": str(rel.idxmax())})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     maps, rand, w = read_table("study-nfn-maps", "types"), read_table("study-random-tokens", "types"), weight_rules()
     if maps.empty:
@@ -178,6 +199,10 @@ def main() -> None:
     write_table("modules_vs_random", modules_vs_random(), CMD,
                 "Module level (each layer's q..down): NFN on the task text vs on random tokens, same model.")
     fig_weights(maps, w)
+    qo = question_only(maps)
+    if not qo.empty:
+        write_table("question_only", qo, CMD, "gsm8k: NFN type order from question + worked answer (study-nfn-maps) "
+                    "vs the same 128 rows' questions alone (study-question-only).")
 
 
 if __name__ == "__main__":

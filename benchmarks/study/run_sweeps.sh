@@ -6,6 +6,7 @@
 #   ITEM = NAME                  the whole sweep deploy/sweeps/NAME.yaml
 #        | NAME:MODEL[:TASK]     only that model's (and task's) cells of it, e.g. study-nfn-maps:gemma3-270m:gsm8k
 # Each sweep's start and end (rc, wall seconds) are printed around the runner's own progress.
+# PLOP_STUDY_NICE sets the niceness (default 15; 19 beside a CI run).
 #
 # Why a script: the study runs in the background on a shared 2-core box, across sessions. Every sweep uses
 # PLOP_CODE_VERSION=study-1 (docs/study.md), so a rerun reuses finished units. NAME:MODEL:TASK only
@@ -28,7 +29,7 @@ m = [x for x in d['models'] if x.get('name') == sys.argv[2]]; print(json.dumps(m
   [ -n "${task:-}" ] && sets+=(--set "tasks=[$task]")
   start=$(date +%s)
   echo "=== $item start $(date -u +%FT%TZ)"
-  nice -n 15 .venv/bin/plop sweep "deploy/sweeps/$name.yaml" --serial "${sets[@]}"
+  nice -n "${PLOP_STUDY_NICE:-15}" .venv/bin/plop sweep "deploy/sweeps/$name.yaml" --serial "${sets[@]}"
   rc=$?
   echo "=== $item end rc=$rc wall_s=$(( $(date +%s) - start ))"
 done

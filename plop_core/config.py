@@ -8,8 +8,6 @@ to a default. `load_sweep_config(path, overrides)` reads YAML and applies `key.s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,14 +22,18 @@ DATA_SOURCES = ("auto", "offline", "hub")
 FINETUNE_METHODS = ("sft", "grpo", "none")
 METRICS = ("nll", "exact_match", "multiple_choice")
 
-from plop_core.config_rules import (  # noqa: E402 (the rules use the vocabularies above)
+from plop_core.config_rules import (  # noqa: E402, F401 (the rules use the vocabularies above; re-exports)
     STRATEGIES,
+    ConfigError,
     _dedupe,
     _did_you_mean,
+    _format_validation_error,
     _is_safe_name,
     _suggest_name,
+    apply_overrides,
     canonical_arm,
     check_trainer_overrides,
+    config_hash,
     model_label,
     task_label,
 )
@@ -338,56 +340,6 @@ class SweepConfig(_Strict):
             if unknown:
                 raise ValueError(f"finetune_tasks {unknown} are not in tasks {self.tasks}; add them to `tasks`")
         return self
-
-
-def config_hash(*parts: BaseModel | dict | str | int | float | None) -> str:
-    """Stable short hash of configs and values (sorted JSON), used in cache keys and provenance."""
-    norm = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
-    return hashlib.sha256(json.dumps(norm, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class ConfigError(ValueError):
-    """A configuration that does not validate; the message names each field and what to change."""
-
-
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field; check the spelling (see `plop sweep --help` or docs/config.md)"
-        elif e["type"] == "missing":
-            msg = "required field is missing; add it"
-        # value errors raised by our validators already quote the offending value
-        show_input = e["type"] not in ("missing", "value_error")
-        head = "  - " if loc == "(top level)" and not show_input else f"  - {loc}: "  # the message names its field
-        lines.append(f"{head}{msg} (got {e.get('input')!r})" if show_input else f"{head}{msg}")
-    return "\n".join(lines)
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. sampling.n_samples=64)")
-    key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
-    """Apply `a.b.c=value` strings (values parsed as YAML) to a nested dict, returning a new dict."""
-    data = json.loads(json.dumps(data))
-    for text in overrides or []:
-        path, value = _parse_override(text)
-        node = data
-        for p in path[:-1]:
-            node = node.setdefault(p, {}) if isinstance(node, dict) else None
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {p!r} is not a section; set the whole value instead "
-                                  f"(e.g. --set '{'.'.join(path[:path.index(p) + 1])}=[...]')")
-        node[path[-1]] = value
-    return data
 
 
 def load_sweep_config(source: str | Path | dict, overrides: list[str] | None = None) -> SweepConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from plop_core import artifacts
+from plop_core import artifacts, storage
 from plop_core.config import SweepConfig
 from plop_core.tracking import ui_command
 from plop_core.units.layout import Layout
@@ -75,7 +75,7 @@ def summary_markdown(cfg: SweepConfig, layout: Layout, outcomes: list[Outcome], 
 
 def shown(path: str) -> str:
     """A path as people read it: relative to the working directory when it lies below it (a URL as it is)."""
-    if "://" in str(path):
+    if storage.is_remote(path):
         return str(path)
     rel = os.path.relpath(path)
     return path if rel.startswith("..") else rel

@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_hotpath.py                                  # SmolLM2-135M asset, full grid
     .venv/bin/python benchmarks/bench_hotpath.py --lengths 64 256 --batches 1 8 --repeats 3
+    .venv/bin/python benchmarks/bench_hotpath.py --lengths 64 --batches 1 --batches-per-call 8 --repeats 9
 
 One thread (torch.set_num_threads(1)) and CPU time (time.process_time) of this process, so other jobs on a
 shared box distort the numbers less than wall time would. For each (sequence length, batch size) cell the
@@ -11,7 +12,8 @@ same batch of real-token-only sequences (no padding) is timed under every varian
   forward        model(input_ids, attention_mask): full logits (what a user calls)
   blocks         the hook-free pass the scorer makes (use_cache=False, logits_to_keep=1): the same blocks
                  without hooks; the denominator of the hooks' overhead
-  probe_cached   score_nfn(estimator="probe") with baselines already in the cache (the default after one call)
+  probe_cached   score_nfn(estimator="probe") with baselines already in a directory cache (the default,
+                 $PLOP_HOME/baselines, here a temporary folder) after one call
   probe_fresh    score_nfn(estimator="probe", baseline_cache=False): rho(W) of every weight recomputed
   analytic       score_nfn(estimator="analytic") (cache off)
   reference      score_nfn(estimator="reference"): a fresh fp32 unit vector per token and module
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,17 +70,17 @@ def authors_scorer(model, batch) -> dict:
     return out
 
 
-def _variants(model, tok, texts, enc, cache, common) -> dict:
+def _variants(model, tok, texts, encs, cache, common) -> dict:
     from plop_core.nfn import score_nfn
 
     return {
-        "forward": lambda: model(**enc),
-        "blocks": lambda: model(**enc, use_cache=False, logits_to_keep=1),
+        "forward": lambda: [model(**enc) for enc in encs],
+        "blocks": lambda: [model(**enc, use_cache=False, logits_to_keep=1) for enc in encs],
         "probe_cached": lambda: score_nfn(model, tok, texts, estimator="probe", baseline_cache=cache, **common),
         "probe_fresh": lambda: score_nfn(model, tok, texts, estimator="probe", baseline_cache=False, **common),
         "analytic": lambda: score_nfn(model, tok, texts, estimator="analytic", baseline_cache=False, **common),
         "reference": lambda: score_nfn(model, tok, texts, estimator="reference", **common),
-        "authors": lambda: authors_scorer(model, enc),
+        "authors": lambda: [authors_scorer(model, enc) for enc in encs],
     }
 
 
@@ -88,6 +91,10 @@ def main(argv=None) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip", nargs="*", default=[], help="variants to leave out (e.g. reference authors)")
+    p.add_argument("--batches-per-call", type=int, default=1,
+                   help="K batches of the cell's shape per timed call (score_nfn on K x batch texts; K forwards "
+                        "for forward/blocks/authors): K=1 charges a call's fixed set-up to one batch, larger K "
+                        "shows the per-batch hot path")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -96,20 +103,23 @@ def main(argv=None) -> None:
 
     lm = load_model(args.model, device="cpu", progress=False)
     model, tok = lm.model, lm.tokenizer
-    cache: dict = {}
+    cache = tempfile.mkdtemp(prefix="plop-bench-baselines-")  # a directory cache, like the default
     print(f"model {args.model} ({lm.identity.n_params / 1e6:.0f} M params, {lm.identity.dtype}), 1 thread, CPU time; "
-          f"median of {args.repeats} interleaved repeats; ratios: x blocks (hook-free scorer pass) | x forward")
+          f"median of {args.repeats} interleaved repeats; {args.batches_per_call} batch(es) per call; "
+          "ratios: x blocks (hook-free scorer pass) | x forward")
     header = (f"{'len':>5s} {'batch':>5s} {'variant':>13s} {'cpu s':>8s} {'x blocks':>9s} {'x forward':>10s} "
               f"{'peak MiB':>9s}")
     print(header)
     for length in args.lengths:
         for bsz in args.batches:
-            texts = make_texts(bsz, words=length * 2, seed=length)
-            enc = tok(texts, truncation=True, max_length=length, return_tensors="pt", padding=True)
-            assert enc["attention_mask"].all(), "texts too short for the length; the benchmark wants no padding"
+            k = args.batches_per_call
+            texts = make_texts(bsz * k, words=length * 2, seed=length)
+            encs = [tok(texts[i:i + bsz], truncation=True, max_length=length, return_tensors="pt", padding=True)
+                    for i in range(0, bsz * k, bsz)]
+            assert all(e["attention_mask"].all() for e in encs), "texts too short for the length; want no padding"
             common = dict(batch_size=bsz, max_length=length, n_bootstrap=0, progress=False)
             score_nfn(model, tok, texts, estimator="probe", baseline_cache=cache, **common)  # fill the cache
-            variants = _variants(model, tok, texts, enc, cache, common)
+            variants = _variants(model, tok, texts, encs, cache, common)
             variants = {k: v for k, v in variants.items() if k not in args.skip}
             times = {k: [] for k in variants}
             peaks = {}

@@ -124,35 +124,47 @@ def model_identity(model: torch.nn.Module) -> str:
 _HASHES: dict[int, tuple] = {}  # id(tensor) -> (weakref, stamp, digest)
 
 
-def weight_stamp(weight: torch.Tensor) -> tuple:
-    """Cheap change detector: data_ptr, _version, shape, dtype, fp64 sum of every 1009th value, last value."""
+def weight_stamps(weights: list[torch.Tensor]) -> list[tuple]:
+    """Cheap change detectors of many weights at once: data_ptr, _version, shape, dtype and the fp64 L1 norm of
+    every 1009th value ending at the last one (edits through `.data` do not bump `_version`). One fused
+    `_foreach_norm` over the strided views: ~2 ms for a 100M-parameter model's 210 weights, so every scoring
+    call can afford to check that cached baselines still describe the weights."""
+    real = [w for w in weights if not w.is_meta and w.numel()]  # offloaded (meta) weights have no values here
     with torch.no_grad():
-        flat = weight.detach().reshape(-1)
-        return (weight.data_ptr(), weight._version, tuple(weight.shape), str(weight.dtype),
-                float(flat[::1009].sum(dtype=torch.float64)), float(flat[-1]))
+        views = [w.detach().reshape(-1) for w in real]
+        views = [v[(v.numel() - 1) % 1009::1009] for v in views]
+        sums = iter(torch.stack(torch._foreach_norm(views, 1, dtype=torch.float64)).tolist() if views else [])
+    return [(w.data_ptr(), w._version, tuple(w.shape), str(w.dtype),
+             None if w.is_meta or not w.numel() else next(sums)) for w in weights]
 
 
-def weight_id(model: torch.nn.Module, name: str, weight: torch.Tensor) -> str:
-    """Content identity of parameter `name` of `model` (see the module docstring)."""
+def weight_stamp(weight: torch.Tensor) -> tuple:
+    """`weight_stamps` of one weight."""
+    return weight_stamps([weight])[0]
+
+
+def weight_id(model: torch.nn.Module, name: str, weight: torch.Tensor, stamp: tuple | None = None) -> str:
+    """Content identity of parameter `name` of `model` (see the module docstring); `stamp`: its
+    `weight_stamps` entry when the caller computed them for many weights at once."""
     info = getattr(model, "plop_weights", None)  # set by plop_core.models.load_model
     if info is not None and info.get("sha256"):
-        stamp = info.get("stamps", {}).get(name)
-        if weight.is_meta or (stamp is not None and tuple(stamp) == weight_stamp(weight)):
+        loaded = info.get("stamps", {}).get(name)
+        if weight.is_meta or (loaded is not None and tuple(loaded) == (stamp or weight_stamp(weight))):
             return f"files-sha256:{info['sha256']}|{name}|{weight.dtype}"
     if weight.is_meta:
         from plop_core.offload import read_parameter
 
-        weight = read_parameter(model, name)
-    return weight_hash(weight)
+        weight, stamp = read_parameter(model, name), None
+    return weight_hash(weight, stamp)
 
 
-def weight_hash(weight: torch.Tensor) -> str:
+def weight_hash(weight: torch.Tensor, stamp: tuple | None = None) -> str:
     """blake2b of the weight's bytes, memoised per tensor while its stamp is unchanged, so repeated
-    scoring of one model hashes once. The stamp holds data_ptr and _version plus the fp64 sum of every
-    1009th value (edits through `.data` do not bump `_version`; a strided sample keeps the check at a
+    scoring of one model hashes once. The stamp (`weight_stamps`) holds data_ptr and _version plus a
+    strided sample's norm (edits through `.data` do not bump `_version`; a strided sample keeps the check at a
     few ms for a 100M-parameter model). An edit through `.data` that touches none of the sampled values
     would reuse the old hash: after such surgery pass a fresh cache."""
-    stamp = weight_stamp(weight)
+    stamp = stamp or weight_stamp(weight)
     memo = _HASHES.get(id(weight))
     if memo is not None and memo[0]() is weight and memo[1] == stamp:
         return memo[2]

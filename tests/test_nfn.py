@@ -293,6 +293,24 @@ def test_baseline_cache_dict_and_directory(llama, tok, texts, tmp_path):
     assert e.modules.loc[0, "baseline_norm"] == pytest.approx(2 * a.modules.loc[0, "baseline_norm"], rel=1e-6)
 
 
+def test_directory_cache_answer_is_kept_in_memory_until_a_weight_changes(tok, texts, tmp_path):
+    model, d = tiny_model("llama"), tmp_path / "baselines"
+    a = score_nfn(model, tok, texts, baseline_cache=d, **FAST)
+    for f in d.glob("*.json"):
+        f.unlink()
+    b = score_nfn(model, tok, texts, baseline_cache=d, **FAST)  # answered from memory: no file read or written
+    assert list(d.glob("*.json")) == []
+    np.testing.assert_array_equal(b.modules["baseline_norm"], a.modules["baseline_norm"])
+    with torch.no_grad():  # through .data: _version does not move, the stamp's strided sample (ends at the last value) does
+        model.model.layers[1].mlp.down_proj.weight.data[-1, -1] += 1.0
+    c = score_nfn(model, tok, texts, baseline_cache=d, **FAST)
+    fresh = score_nfn(model, tok, texts, baseline_cache=False, **FAST)
+    assert len(list(d.glob("*.json"))) == 14  # every key looked up again (the folder was emptied)
+    np.testing.assert_allclose(c.modules["baseline_norm"], fresh.modules["baseline_norm"], rtol=1e-12)
+    changed = c.modules["baseline_norm"].to_numpy() != a.modules["baseline_norm"].to_numpy()
+    assert c.modules.loc[changed, "module"].tolist() == ["model.layers.1.mlp.down_proj"]
+
+
 # ---------------------------------------------------------------- fused, Conv1D and packed experts
 def _direct_scores(model, tok, texts, cands):
     """{(module, part or None): (feature_norm, analytic nfn)} by explicit matmuls on captured inputs.

@@ -190,6 +190,9 @@ class FinetuneConfig(_Strict):
         description="instruction asking for the <think>/<answer> format the GRPO rewards check: a system message "
         "with a chat template, else prefixed to the prompt; also used for exact_match of GRPO runs; None: off",
     )
+    keep_adapters: bool = Field(True, description="keep each run's LoRA adapter (PEFT folder, logged to MLflow); "
+                                "false deletes it once the run is evaluated, so records hold metrics only (studies); "
+                                "not part of the unit key")
     overrides: dict[str, Any] = Field(default_factory=dict, description="extra TRL config keys passed through")
 
     @field_validator("arms")

@@ -187,6 +187,33 @@ def test_random_arm_is_redrawn_per_seed_identically_in_compare_and_sweep(llama_d
         runs_sweep.set_index(["arm", "seed"])["nll"].to_dict())
 
 
+def test_keep_adapters_false_leaves_metrics_only_and_keeps_the_unit_keys(llama_dir, tmp_path):
+    """Studies commit their records, not 10 MB adapters: without adapters a finished run is still done
+    (its record lists no adapter files), and the flag is not in any key (same numbers, same units)."""
+    def sweep(root, keep):
+        return load_sweep_config({
+            "name": "keep", "models": [str(llama_dir)], "tasks": ["arithmetic"],
+            "sampling": {"n_samples": 8, "max_length": 48}, "scorer": {"n_bootstrap": 50},
+            "finetune": {"method": "sft", "arms": ["plop"], "seeds": [0], "max_steps": 1, "train_samples": 4,
+                         "max_length": 48, "batch_size": 4, "lora": {"r": 2}, "keep_adapters": keep},
+            "evaluation": {"n_samples": 3, "max_new_tokens": 8}, "outputs": {"root": str(root)}})
+
+    kept = run_serial(sweep(tmp_path / "kept", True), track=False, progress=False)
+    lean_cfg = sweep(tmp_path / "lean", False)
+    lean = run_serial(lean_cfg, track=False, progress=False)
+    assert lean["experiments"][0]["key"] == kept["experiments"][0]["key"]
+    assert list((tmp_path / "kept" / "finetune").rglob("adapter_model.safetensors"))
+    assert not list((tmp_path / "lean" / "finetune").rglob("adapter*"))
+    (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "lean").rglob("record.json")
+              if json.loads(p.read_text()).get("arm") == "plop"]
+    assert rec["files"] == {} and rec["train"]["adapter_dir"] is None
+    runs = lambda m: pd.read_parquet(Layout.hive(m["root"]).resolve(m["experiments"][0]["files"]["runs"]))
+    assert runs(lean).set_index("arm")["nll"].to_dict() == pytest.approx(runs(kept).set_index("arm")["nll"].to_dict())
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "lean").rglob("record.json")}
+    run_serial(lean_cfg, track=False, progress=False)  # done without adapters: nothing recomputed or rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lean").rglob("record.json")} == stamps
+
+
 def test_duckdb_reads_each_table_of_the_root_with_its_documented_glob(scored):
     """docs/pipeline.md lists one glob per table (a glob over the whole root mixes tables with different
     columns and partition keys): each reads with hive partitioning, without plop."""

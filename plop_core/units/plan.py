@@ -150,7 +150,8 @@ def plan_experiment(cell: ScoringCell, result: CellResult, cfg: SweepConfig) -> 
     arm_pl = json.loads(lay.resolve(result.files["arm_placements"]).read_text())
     reference = Placement.from_dict(arm_pl[REFERENCE_ARM][str(ft.seeds[0])])  # the budget: plop at lora.r
     target = reference.trainable_params(ft.lora.r)
-    key = config_hash("finetune", cell.key, ft, ev, artifacts.code_version())
+    ft_key = ft.model_dump(mode="json", exclude={"keep_adapters"})  # what is kept does not change the numbers
+    key = config_hash("finetune", cell.key, ft_key, ev, artifacts.code_version())
     edir = lay.unit_dir("finetune", cell.model_name, cell.task_name, key)
     train_path, eval_path = edir / "train_rows.json", edir / "eval_rows.json"
     if not (lay.exists(train_path) and lay.exists(eval_path)):

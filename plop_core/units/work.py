@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -209,6 +210,9 @@ def train_run(run: FinetuneRun, progress: bool = False):
     del base
     er = _evaluate(res.model, tok, run, eval_instruction(ft.method, ft.grpo_system_prompt))
     d = res.to_dict()
+    if not ft.keep_adapters and d.get("adapter_dir"):  # metrics only: the record then lists no adapter files
+        shutil.rmtree(d["adapter_dir"], ignore_errors=True)
+        d["adapter_dir"] = None
     rewards = d.get("rewards") or []
     train = {"first_loss": d["first_loss"], "final_loss": d["final_loss"], "losses": d["losses"],
              "mean_reward": float(sum(rewards) / len(rewards)) if rewards else None, "steps": d["steps"],

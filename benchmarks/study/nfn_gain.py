@@ -1,0 +1,133 @@
+"""Study point 4: does a module type's NFN predict where LoRA helps? Spearman of NFN against finetuning gain.
+
+Usage:
+    .venv/bin/python benchmarks/study/nfn_gain.py                       # the committed study-single-type sweep
+    .venv/bin/python benchmarks/study/nfn_gain.py --results DIR --sweep NAME   # another results folder
+
+Reads the single-type sweep's committed Parquet (LoRA on one module type only, ranks matched to one
+budget, several seeds; the base model on the same held-out rows) and the same cell's per-type NFN. Gain of
+a type = base NLL - the arm's NLL on the held-out rows (positive: LoRA there helps), per seed. PLoP's claim
+predicts a negative Spearman rho(NFN, gain): low-NFN types gain most. Reported per (model, task):
+  rho        Spearman of the type NFN against the mean gain over seeds
+  p_perm     exact two-sided permutation p-value (all 7! orderings of the gains)
+  ci         percentile interval of rho when each type's seeds are resampled (2000 draws): the training
+             noise only; with 3 seeds it is coarse, and NFN's own (tiny) interval is ignored
+  top3_gain  whether PLoP's 3 lowest-NFN types are the 3 types with the largest mean gain
+Writes docs/study/tables/nfn_gain.md and docs/study/nfn_gain.png (NFN vs gain, one panel per cell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/study/nfn_gain.py"
+
+
+def gains(evaluation: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
+    """(model, task, type, seed, gain) with gain = base value - arm value (lower NLL is better)."""
+    ev = evaluation[evaluation["metric"] == metric]
+    base = ev[ev["arm"] == "base"].groupby(["model", "task"])["value"].mean().rename("base")
+    arms = ev[ev["arm"].isin(common.TYPE_ORDER)].join(base, on=["model", "task"])
+    arms = arms.assign(type=arms["arm"], gain=arms["base"] - arms["value"])
+    return arms[["model", "task", "type", "seed", "value", "base", "gain"]].reset_index(drop=True)
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact two-sided p of Spearman's rho over every ordering of y (7 types: 5040)."""
+    observed = abs(spearmanr(x, y).statistic)
+    perms = [abs(spearmanr(x, np.asarray(p)).statistic) for p in itertools.permutations(y)]
+    return float(np.mean(np.asarray(perms) >= observed - 1e-12))
+
+
+def seed_bootstrap(nfn: pd.Series, per_seed: pd.DataFrame, n: int = 2000, level: float = 0.95, seed: int = 0):
+    """Percentile interval of rho when each type's seeds are resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    types = list(nfn.index)
+    by_type = [per_seed.loc[per_seed["type"] == t, "gain"].to_numpy() for t in types]
+    draws = []
+    for _ in range(n):
+        mean = [rng.choice(g, size=len(g)).mean() for g in by_type]
+        r = spearmanr(nfn.to_numpy(), mean).statistic
+        if np.isfinite(r):
+            draws.append(r)
+    return tuple(np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])) if draws else (np.nan, np.nan)
+
+
+def analyse(types: pd.DataFrame, g: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One summary row per (model, task) and the per-type table behind it."""
+    rows, per_type = [], []
+    for (model, task), cell in g.groupby(["model", "task"]):
+        nfn = common.type_series(types, model, task)
+        mean = cell.groupby("type")["gain"].agg(["mean", "std", "count"])
+        kinds = [t for t in common.TYPE_ORDER if t in nfn.index and t in mean.index]
+        if len(kinds) < 3:
+            continue
+        nfn, mean = nfn[kinds], mean.loc[kinds]
+        rho = float(spearmanr(nfn.to_numpy(), mean["mean"].to_numpy()).statistic)
+        low, high = seed_bootstrap(nfn, cell[cell["type"].isin(kinds)])
+        plop3, best3 = common.top(nfn), frozenset(mean["mean"].sort_values(ascending=False).index[:3])
+        rows.append(dict(model=model, task=task, types=len(kinds), seeds=int(mean["count"].min()),
+                         base_nll=float(cell["base"].iloc[0]), rho=rho,
+                         p_perm=permutation_p(nfn.to_numpy(), mean["mean"].to_numpy()), ci_low=low, ci_high=high,
+                         plop_top3=common.fmt_set(plop3), gain_top3=common.fmt_set(best3),
+                         top3_gain=plop3 == best3))
+        per_type += [dict(model=model, task=task, type=t, nfn=float(nfn[t]), gain_mean=float(mean.loc[t, "mean"]),
+                          gain_sd=float(mean.loc[t, "std"]), seeds=int(mean.loc[t, "count"])) for t in kinds]
+    return pd.DataFrame(rows), pd.DataFrame(per_type)
+
+
+def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(summary[["model", "task"]].itertuples(index=False, name=None))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False)
+    for ax, (model, task) in zip(axes[0], cells):
+        d = per_type[(per_type["model"] == model) & (per_type["task"] == task)]
+        s = summary[(summary["model"] == model) & (summary["task"] == task)].iloc[0]
+        ax.errorbar(d["nfn"], d["gain_mean"], yerr=d["gain_sd"], fmt="o", capsize=3)
+        for r in d.itertuples():
+            ax.annotate(r.type, (r.nfn, r.gain_mean), textcoords="offset points", xytext=(5, 4))
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(xlabel="type NFN (mean over layers)", ylabel="NLL gain over base (mean +- sd over seeds)",
+               title=f"{model} x {task}\nSpearman {s.rho:+.2f} (perm. p={s.p_perm:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", default="study-single-type")
+    p.add_argument("--results", type=Path, default=common.RESULTS, help="results folder holding <sweep>/")
+    p.add_argument("--figure", type=Path, default=common.FIGS / "nfn_gain.png")
+    args = p.parse_args(argv)
+    common.RESULTS = args.results
+    evaluation, types = common.read_table(args.sweep, "evaluation"), common.read_table(args.sweep, "types")
+    if evaluation.empty or types.empty:
+        common.write_table("nfn_gain", pd.DataFrame(), COMMAND)
+        common.write_table("nfn_gain_types", pd.DataFrame(), COMMAND)
+        return
+    summary, per_type = analyse(types, gains(evaluation))
+    note = ("Gain = base NLL - arm NLL on the held-out rows (positive: LoRA on that type helps); PLoP predicts "
+            "rho < 0. p_perm: exact permutation test over the 7 types; ci: seeds resampled per type.")
+    common.write_table("nfn_gain", summary, COMMAND, note)
+    common.write_table("nfn_gain_types", per_type, COMMAND)
+    if len(summary):
+        figure(per_type, summary, args.figure)
+
+
+if __name__ == "__main__":
+    main()

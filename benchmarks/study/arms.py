@@ -1,0 +1,116 @@
+"""Study point 5: the arms users compare (plop against plop_inverse, attn, mlp, all, random, peft_default).
+
+Usage:
+    .venv/bin/python benchmarks/study/arms.py                          # the committed study-arms sweep
+    .venv/bin/python benchmarks/study/arms.py --results DIR --sweep NAME
+
+Reads each experiment's `summary.parquet` (written by the pipeline with plop_core.comparison.summarize:
+per arm the mean over seeds with a t-interval, the difference to `plop` paired by seed with its t-test,
+and a paired t-test over held-out rows) and adds the multiple-comparison correction: Holm over the
+comparisons of one experiment (every arm but plop and base), for both p-values. A difference is
+`metric(arm) - metric(plop)`; with NLL, positive means plop is better.
+Writes docs/study/tables/arms.md and docs/study/arms.png (mean NLL per arm with intervals, base dashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/study/arms.py"
+ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default", "base"]
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and is not counted)."""
+    p = np.asarray(p, float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def read_summaries(sweep: str, metric: str = "nll") -> pd.DataFrame:
+    """Every experiment's summary of the study's code version, newest experiment per (model, task)."""
+    glob = common.RESULTS / sweep / "finetune" / "**" / "summary.parquet"
+    if not list((common.RESULTS / sweep / "finetune").glob("**/summary.parquet")):
+        return pd.DataFrame()
+    df = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true) "
+                    f"WHERE code_version = '{common.CODE_VERSION}'").df()
+    newest = df.groupby(["model", "task"])["created_at"].transform("max")
+    df = df[df["created_at"] == newest]
+    keep = ["model", "task", "arm", "types", "rank", "trainable_params", "n_seeds", metric, f"{metric}_low",
+            f"{metric}_high", f"{metric}_diff", f"{metric}_p_seeds", f"{metric}_p_rows"]
+    return df[keep].reset_index(drop=True)
+
+
+def with_holm(summary: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
+    parts = []
+    for _, g in summary.groupby(["model", "task"], sort=False):
+        g = g.copy()
+        compared = ~g["arm"].isin(["plop", "base"])
+        for col in ("p_seeds", "p_rows"):
+            g[f"{col}_holm"] = np.nan
+            g.loc[compared, f"{col}_holm"] = holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
+        g["order"] = [ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER) for a in g["arm"]]
+        parts.append(g.sort_values("order").drop(columns="order"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def figure(table: pd.DataFrame, path: Path, metric: str = "nll") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = list(dict.fromkeys(table[["model", "task"]].itertuples(index=False, name=None)))
+    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 3.8), squeeze=False)
+    for ax, (model, task) in zip(axes[0], cells):
+        d = table[(table["model"] == model) & (table["task"] == task)]
+        arms, base = d[d["arm"] != "base"], d[d["arm"] == "base"]
+        y = arms[metric].to_numpy()
+        err = np.vstack([y - arms[f"{metric}_low"].to_numpy(), arms[f"{metric}_high"].to_numpy() - y])
+        for x, (arm, v, e_lo, e_hi) in enumerate(zip(arms["arm"], y, err[0], err[1])):
+            ax.errorbar([x], [v], yerr=[[e_lo], [e_hi]], fmt="o", capsize=3,
+                        color="tab:green" if arm == "plop" else "tab:blue")
+        if len(base):  # points, not bars: the arms differ by a few hundredths of a nat
+            ax.axhline(float(base[metric].iloc[0]), color="grey", ls="--", lw=1, label="base model")
+            ax.legend(loc="best")
+        ax.set_xticks(range(len(arms)), arms["arm"], rotation=30, ha="right")
+        ax.set(ylabel=f"held-out {metric} (mean over seeds, 95% t-interval)", title=f"{model} x {task}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweep", default="study-arms")
+    p.add_argument("--results", type=Path, default=common.RESULTS, help="results folder holding <sweep>/")
+    p.add_argument("--figure", type=Path, default=common.FIGS / "arms.png")
+    args = p.parse_args(argv)
+    common.RESULTS = args.results
+    summary = read_summaries(args.sweep)
+    table = with_holm(summary) if len(summary) else summary
+    note = ("diff = NLL(arm) - NLL(plop), paired by seed (positive: plop better); p_seeds: paired t over seeds; "
+            "p_rows: paired t over held-out rows (per-row NLL averaged over seeds); *_holm: Holm-adjusted over "
+            "the arms compared with plop in that experiment.")
+    common.write_table("arms", table, COMMAND, note)
+    if len(table):
+        figure(table, args.figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,6 @@ Writes docs/study/tables/arms.md and docs/study/arms.png (mean NLL per arm with 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -90,18 +89,11 @@ def figure(table: pd.DataFrame, path: Path, metric: str = "nll") -> None:
             ax.legend(loc="best")
         ax.set_xticks(range(len(arms)), arms["arm"], rotation=30, ha="right")
         ax.set(ylabel=f"held-out {metric} (mean over seeds, 95% t-interval)", title=f"{model} x {task}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}", file=sys.stderr)
+    common.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", default="study-arms")
-    p.add_argument("--results", type=Path, default=common.RESULTS, help="results folder holding <sweep>/")
-    p.add_argument("--figure", type=Path, default=common.FIGS / "arms.png")
-    args = p.parse_args(argv)
-    common.RESULTS = args.results
+    args = common.sweep_args(__doc__, "study-arms", "arms.png", argv)
     summary = read_summaries(args.sweep)
     table = with_holm(summary) if len(summary) else summary
     note = ("diff = NLL(arm) - NLL(plop), paired by seed (positive: plop better); p_seeds: paired t over seeds; "

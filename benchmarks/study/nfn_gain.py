@@ -18,7 +18,6 @@ Writes docs/study/tables/nfn_gain.md and docs/study/nfn_gain.png (NFN vs gain, o
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -103,18 +102,11 @@ def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="type NFN (mean over layers)", ylabel="NLL gain over base (mean +- sd over seeds)",
                title=f"{model} x {task}\nSpearman {s.rho:+.2f} (perm. p={s.p_perm:.2f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}", file=sys.stderr)
+    common.save_figure(fig, path)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", default="study-single-type")
-    p.add_argument("--results", type=Path, default=common.RESULTS, help="results folder holding <sweep>/")
-    p.add_argument("--figure", type=Path, default=common.FIGS / "nfn_gain.png")
-    args = p.parse_args(argv)
-    common.RESULTS = args.results
+    args = common.sweep_args(__doc__, "study-single-type", "nfn_gain.png", argv)
     evaluation, types = common.read_table(args.sweep, "evaluation"), common.read_table(args.sweep, "types")
     if evaluation.empty or types.empty:
         common.write_table("nfn_gain", pd.DataFrame(), COMMAND)

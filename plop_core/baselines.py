@@ -124,15 +124,21 @@ def model_identity(model: torch.nn.Module) -> str:
 _HASHES: dict[int, tuple] = {}  # id(tensor) -> (weakref, stamp, digest)
 
 
-def weight_stamps(weights: list[torch.Tensor]) -> list[tuple]:
+def stamp_views(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The strided samples `weight_stamps` reads (every 1009th value, ending at the last one), as views: they
+    share the weights' storage, so a caller that keeps them sees later in-place edits (and notices a
+    replaced storage through data_ptr)."""
+    views = [w.detach().reshape(-1) for w in weights if not w.is_meta and w.numel()]
+    return [v[(v.numel() - 1) % 1009::1009] for v in views]
+
+
+def weight_stamps(weights: list[torch.Tensor], views: list[torch.Tensor] | None = None) -> list[tuple]:
     """Cheap change detectors of many weights at once: data_ptr, _version, shape, dtype and the fp64 L1 norm of
-    every 1009th value ending at the last one (edits through `.data` do not bump `_version`). One fused
-    `_foreach_norm` over the strided views: ~2 ms for a 100M-parameter model's 210 weights, so every scoring
-    call can afford to check that cached baselines still describe the weights."""
-    real = [w for w in weights if not w.is_meta and w.numel()]  # offloaded (meta) weights have no values here
+    `stamp_views` (edits through `.data` do not bump `_version`). One fused `_foreach_norm` over the strided
+    views: ~1-2.5 ms for a 100M-parameter model's 210 weights, so every scoring call can afford to check that
+    cached baselines still describe the weights. `views`: `stamp_views(weights)` kept from an earlier call."""
+    views = stamp_views(weights) if views is None else views  # offloaded (meta) weights have no values here
     with torch.no_grad():
-        views = [w.detach().reshape(-1) for w in real]
-        views = [v[(v.numel() - 1) % 1009::1009] for v in views]
         sums = iter(torch.stack(torch._foreach_norm(views, 1, dtype=torch.float64)).tolist() if views else [])
     return [(w.data_ptr(), w._version, tuple(w.shape), str(w.dtype),
              None if w.is_meta or not w.numel() else next(sums)) for w in weights]

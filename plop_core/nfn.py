@@ -33,6 +33,7 @@ from plop_core.baselines import (
     cache_key,
     model_identity,
     probe_baseline,
+    stamp_views,
     weight_id,
     weight_stamps,
 )
@@ -135,7 +136,7 @@ def _right_padding(tokenizer):
             tokenizer.pad_token = None
 
 
-_BASELINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {settings: (stamps, baselines)}
+_BASELINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {settings: (weights, views, stamps, out)}
 
 
 def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, progress,
@@ -154,11 +155,14 @@ def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, pro
         label = c.name if c.param is None or c.name.endswith(c.param) else f"{c.name}|{c.param}"
         todo.append((c, label, f"{c.module_name}.{c.param}" if c.param else f"{c.name}.weight",
                      getattr(mod, leaf or "weight")))
-    stamps = weight_stamps([t[3] for t in todo])
+    weights = [t[3] for t in todo]
     settings = (estimator, n_probe, seed, identity, str(cache.dir), tuple(t[1] for t in todo))
-    kept = _BASELINES.get(model) if cache.dir is not None else None
-    if kept is not None and settings in kept and kept[settings][0] == stamps:
-        return dict(kept[settings][1])
+    kept = (_BASELINES.get(model) or {}).get(settings) if cache.dir is not None else None
+    same = kept is not None and len(kept[0]) == len(weights) and all(a is b for a, b in zip(kept[0], weights))
+    views = kept[1] if same else stamp_views(weights)  # views share storage: they see in-place edits
+    stamps = weight_stamps(weights, views)
+    if same and kept[2] == stamps:
+        return dict(kept[3])
     for (c, label, pname, weight), stamp in tqdm(list(zip(todo, stamps)), desc=f"baselines ({estimator})",
                                                  disable=not progress, leave=False):
         key = cache_key(identity, label, n_probe, seed, weight_id(model, pname, weight, stamp), estimator=estimator)
@@ -171,7 +175,7 @@ def _baselines(model, cands, estimator, n_probe, seed, cache: BaselineCache, pro
             cache.put(key, base)
         out[c.name + "|" + str(c.param)] = base
     if cache.dir is not None:
-        _BASELINES.setdefault(model, {})[settings] = (stamps, dict(out))
+        _BASELINES.setdefault(model, {})[settings] = (weights, views, stamps, dict(out))
     return out
 
 

@@ -162,8 +162,8 @@ def plan_experiment(cell: ScoringCell, result: CellResult, cfg: SweepConfig) -> 
     common = dict(run_name=cell.run_name, experiment_key=key, layout=lay, model=cell.model, task=cell.sample.task,
                   task_name=cell.task_name, finetune=ft, evaluation=ev, eval_rows=lay.rel(eval_path))
     runs = []
-    for arm in ft.arms:
-        for seed in ft.seeds:
+    for seed in ft.seeds:  # seed-major: an interrupted sweep already compares every arm at its first seeds
+        for arm in ft.arms:
             pl = arm_pl[arm][str(seed)]
             b = budget_ranks({arm: Placement.from_dict(pl)}, ft.lora.r, ft.budget_match, target=target)[arm]
             runs.append(FinetuneRun(key=config_hash(key, arm, int(seed)), arm=arm, seed=int(seed), rank=b["rank"],

@@ -4,12 +4,12 @@ Usage:
     .venv/bin/python benchmarks/study/nfn_gain.py                       # the committed study-single-type sweep
     .venv/bin/python benchmarks/study/nfn_gain.py --results DIR --sweep NAME   # another results folder
 
-Reads the single-type sweep's committed Parquet (LoRA on one module type only, ranks matched to one
+Reads the single-type sweep's committed run records and the cell's types Parquet (LoRA on one module type only, ranks matched to one
 budget, several seeds; the base model on the same held-out rows) and the same cell's per-type NFN. Gain of
 a type = base NLL - the arm's NLL on the held-out rows (positive: LoRA there helps), per seed. PLoP's claim
 predicts a negative Spearman rho(NFN, gain): low-NFN types gain most. Reported per (model, task):
   rho        Spearman of the type NFN against the mean gain over seeds
-  p_perm     exact two-sided permutation p-value (all 7! orderings of the gains)
+  p_perm     exact two-sided permutation p-value (every ordering of the gains: 7! = 5040)
   ci         percentile interval of rho when each type's seeds are resampled (2000 draws): the training
              noise only; with 3 seeds it is coarse, and NFN's own (tiny) interval is ignored
   top3_gain  whether PLoP's 3 lowest-NFN types are the 3 types with the largest mean gain
@@ -19,6 +19,7 @@ Writes docs/study/tables/nfn_gain.md and docs/study/nfn_gain.png (NFN vs gain, o
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -32,11 +33,30 @@ import common  # noqa: E402
 COMMAND = ".venv/bin/python benchmarks/study/nfn_gain.py"
 
 
-def gains(evaluation: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
+def read_runs(sweep: str, metric: str = "nll") -> pd.DataFrame:
+    """(model, task, arm, seed, value) from every finished run's record.json (base included), newest experiment
+    per (model, task). Records, not the experiment's evaluation table: that table is written when the last
+    run finishes, and the single-type sweep spans sessions (runs are planned seed-major)."""
+    rows = []
+    for exp in (common.RESULTS / sweep / "finetune").glob("model=*/task=*/*/"):
+        model, task = exp.parent.parent.name.split("=", 1)[1], exp.parent.name.split("=", 1)[1]
+        for rec in [exp / "base" / "record.json", *sorted(exp.glob("runs/*/record.json"))]:
+            if rec.exists():
+                r = json.loads(rec.read_text())
+                rows.append(dict(model=model, task=task, experiment=exp.name, arm=r["arm"], seed=r["seed"],
+                                 value=r["metrics"].get(metric), mtime=rec.stat().st_mtime))
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    newest = df.groupby(["model", "task", "experiment"])["mtime"].transform("max")
+    latest = newest == df.groupby(["model", "task"])["mtime"].transform("max")  # newest experiment's rows
+    return df[latest].drop(columns="mtime").reset_index(drop=True)
+
+
+def gains(runs: pd.DataFrame) -> pd.DataFrame:
     """(model, task, type, seed, gain) with gain = base value - arm value (lower NLL is better)."""
-    ev = evaluation[evaluation["metric"] == metric]
-    base = ev[ev["arm"] == "base"].groupby(["model", "task"])["value"].mean().rename("base")
-    arms = ev[ev["arm"].isin(common.TYPE_ORDER)].join(base, on=["model", "task"])
+    base = runs[runs["arm"] == "base"].groupby(["model", "task"])["value"].mean().rename("base")
+    arms = runs[runs["arm"].isin(common.TYPE_ORDER)].join(base, on=["model", "task"], how="inner")
     arms = arms.assign(type=arms["arm"], gain=arms["base"] - arms["value"])
     return arms[["model", "task", "type", "seed", "value", "base", "gain"]].reset_index(drop=True)
 
@@ -73,7 +93,8 @@ def analyse(types: pd.DataFrame, g: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
             continue
         nfn, mean = nfn[kinds], mean.loc[kinds]
         rho = float(spearmanr(nfn.to_numpy(), mean["mean"].to_numpy()).statistic)
-        low, high = seed_bootstrap(nfn, cell[cell["type"].isin(kinds)])
+        low, high = (seed_bootstrap(nfn, cell[cell["type"].isin(kinds)]) if mean["count"].min() >= 2
+                     else (np.nan, np.nan))  # one seed: no training-noise interval
         plop3, best3 = common.top(nfn), frozenset(mean["mean"].sort_values(ascending=False).index[:3])
         rows.append(dict(model=model, task=task, types=len(kinds), seeds=int(mean["count"].min()),
                          base_nll=float(cell["base"].iloc[0]), rho=rho,
@@ -107,12 +128,12 @@ def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
 
 def main(argv=None) -> None:
     args = common.sweep_args(__doc__, "study-single-type", "nfn_gain.png", argv)
-    evaluation, types = common.read_table(args.sweep, "evaluation"), common.read_table(args.sweep, "types")
-    if evaluation.empty or types.empty:
+    runs, types = read_runs(args.sweep), common.read_table(args.sweep, "types")
+    if runs.empty or types.empty:
         common.write_table("nfn_gain", pd.DataFrame(), COMMAND)
         common.write_table("nfn_gain_types", pd.DataFrame(), COMMAND)
         return
-    summary, per_type = analyse(types, gains(evaluation))
+    summary, per_type = analyse(types, gains(runs))
     note = ("Gain = base NLL - arm NLL on the held-out rows (positive: LoRA on that type helps); PLoP predicts "
             "rho < 0. p_perm: exact permutation test over the 7 types; ci: seeds resampled per type.")
     common.write_table("nfn_gain", summary, COMMAND, note)

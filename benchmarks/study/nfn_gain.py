@@ -122,7 +122,7 @@ def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
             ax.annotate(r.type, (r.nfn, r.gain_mean), textcoords="offset points", xytext=(5, 4))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set(xlabel="type NFN (mean over layers)", ylabel="NLL gain over base (mean +- sd over seeds)",
-               title=f"{model} x {task}\nSpearman {s.rho:+.2f} (perm. p={s.p_perm:.2f})")
+               title=f"{model} x {task}\nSpearman {s.rho:+.2f} (perm. p={s.p_perm:.3f})")
     common.save_figure(fig, path)
 
 

@@ -207,7 +207,9 @@ def test_keep_adapters_false_leaves_metrics_only_and_keeps_the_unit_keys(llama_d
     (rec,) = [json.loads(p.read_text()) for p in (tmp_path / "lean").rglob("record.json")
               if json.loads(p.read_text()).get("arm") == "plop"]
     assert rec["files"] == {} and rec["train"]["adapter_dir"] is None
-    runs = lambda m: pd.read_parquet(Layout.hive(m["root"]).resolve(m["experiments"][0]["files"]["runs"]))
+    def runs(man):
+        return pd.read_parquet(Layout.hive(man["root"]).resolve(man["experiments"][0]["files"]["runs"]))
+
     assert runs(lean).set_index("arm")["nll"].to_dict() == pytest.approx(runs(kept).set_index("arm")["nll"].to_dict())
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "lean").rglob("record.json")}
     run_serial(lean_cfg, track=False, progress=False)  # done without adapters: nothing recomputed or rewritten

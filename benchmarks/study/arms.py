@@ -4,7 +4,8 @@ Usage:
     .venv/bin/python benchmarks/study/arms.py                          # the committed study-arms sweep
     .venv/bin/python benchmarks/study/arms.py --results DIR --sweep NAME
 
-Reads each experiment's `summary.parquet` (written by the pipeline with plop_core.comparison.summarize:
+Summarises each experiment's finished runs (their records) with plop_core.comparison.summarize, the
+pipeline's own statistics (what its `summary.parquet` holds once the last run is in:
 per arm the mean over seeds with a t-interval, the difference to `plop` paired by seed with its t-test,
 and a paired t-test over held-out rows) and adds the multiple-comparison correction: Holm over the
 comparisons of one experiment (every arm but plop and base), for both p-values. A difference is
@@ -14,10 +15,10 @@ Writes docs/study/tables/arms.md and docs/study/arms.png (mean NLL per arm with 
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -42,17 +43,25 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 
 def read_summaries(sweep: str, metric: str = "nll") -> pd.DataFrame:
-    """Every experiment's summary of the study's code version, newest experiment per (model, task)."""
-    glob = common.RESULTS / sweep / "finetune" / "**" / "summary.parquet"
-    if not list((common.RESULTS / sweep / "finetune").glob("**/summary.parquet")):
+    """Per (model, task): plop_core.comparison.summarize over the runs finished so far (common.read_records),
+    i.e. the experiment's own summary once every run is in, and the same statistics on fewer seeds before."""
+    from plop_core.comparison import summarize
+
+    recs = common.read_records(sweep)
+    out = []
+    for (model, task), group in itertools.groupby(recs, key=lambda r: (r["model"], r["task"])):
+        group = list(group)
+        runs = pd.DataFrame([{**{k: r[k] for k in ("arm", "seed", "types", "rank", "trainable_params")},
+                              **{f"{metric}{x}": r["metrics"].get(f"{metric}{x}") for x in ("", "_low", "_high")}}
+                             for r in group])
+        per_row = {(r["arm"], r["seed"]): {metric: np.asarray(r["per_row"][metric], float)} for r in group}
+        if "plop" in set(runs["arm"]):
+            out.append(summarize(runs, per_row, [metric]).assign(model=model, task=task))
+    if not out:
         return pd.DataFrame()
-    df = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true) "
-                    f"WHERE code_version = '{common.CODE_VERSION}'").df()
-    newest = df.groupby(["model", "task"])["created_at"].transform("max")
-    df = df[df["created_at"] == newest]
     keep = ["model", "task", "arm", "types", "rank", "trainable_params", "n_seeds", metric, f"{metric}_low",
             f"{metric}_high", f"{metric}_diff", f"{metric}_p_seeds", f"{metric}_p_rows"]
-    return df[keep].reset_index(drop=True)
+    return pd.concat(out, ignore_index=True)[keep]
 
 
 def with_holm(summary: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:

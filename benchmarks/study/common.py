@@ -36,6 +36,24 @@ def read_table(sweep: str, table: str) -> pd.DataFrame:
     return df[df["created_at"] == newest].reset_index(drop=True)
 
 
+def read_records(sweep: str) -> list[dict]:
+    """Every finished finetuning unit's record.json (base and runs) of the newest experiment per (model,
+    task), each with `model`, `task` and `experiment` added. Records rather than the experiment's tables:
+    those are written when its last run finishes, and the study's finetuning sweeps span sessions."""
+    import json
+
+    found = {}
+    for exp in (RESULTS / sweep / "finetune").glob("model=*/task=*/*/"):
+        recs = [p for p in [exp / "base" / "record.json", *sorted(exp.glob("runs/*/record.json"))] if p.exists()]
+        if recs:
+            cell = (exp.parent.parent.name.split("=", 1)[1], exp.parent.name.split("=", 1)[1])
+            newest = max(p.stat().st_mtime for p in recs)
+            if cell not in found or newest > found[cell][0]:
+                found[cell] = (newest, exp, recs)
+    return [{**json.loads(p.read_text()), "model": cell[0], "task": cell[1], "experiment": exp.name}
+            for cell, (_, exp, recs) in sorted(found.items()) for p in recs]
+
+
 def type_series(types: pd.DataFrame, model: str, task: str) -> pd.Series:
     """type -> NFN of one cell."""
     d = types[(types["model"] == model) & (types["task"] == task)]

@@ -19,7 +19,6 @@ Writes docs/study/tables/nfn_gain.md and docs/study/nfn_gain.png (NFN vs gain, o
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -34,23 +33,9 @@ COMMAND = ".venv/bin/python benchmarks/study/nfn_gain.py"
 
 
 def read_runs(sweep: str, metric: str = "nll") -> pd.DataFrame:
-    """(model, task, arm, seed, value) from every finished run's record.json (base included), newest experiment
-    per (model, task). Records, not the experiment's evaluation table: that table is written when the last
-    run finishes, and the single-type sweep spans sessions (runs are planned seed-major)."""
-    rows = []
-    for exp in (common.RESULTS / sweep / "finetune").glob("model=*/task=*/*/"):
-        model, task = exp.parent.parent.name.split("=", 1)[1], exp.parent.name.split("=", 1)[1]
-        for rec in [exp / "base" / "record.json", *sorted(exp.glob("runs/*/record.json"))]:
-            if rec.exists():
-                r = json.loads(rec.read_text())
-                rows.append(dict(model=model, task=task, experiment=exp.name, arm=r["arm"], seed=r["seed"],
-                                 value=r["metrics"].get(metric), mtime=rec.stat().st_mtime))
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    newest = df.groupby(["model", "task", "experiment"])["mtime"].transform("max")
-    latest = newest == df.groupby(["model", "task"])["mtime"].transform("max")  # newest experiment's rows
-    return df[latest].drop(columns="mtime").reset_index(drop=True)
+    """(model, task, arm, seed, value) of every finished run and the base (common.read_records)."""
+    return pd.DataFrame([dict(model=r["model"], task=r["task"], arm=r["arm"], seed=r["seed"],
+                              value=r["metrics"].get(metric)) for r in common.read_records(sweep)])
 
 
 def gains(runs: pd.DataFrame) -> pd.DataFrame:

@@ -384,9 +384,10 @@ def _provenance(source: str, folder: Path | None) -> str | None:
 
 def _mark_weights(model, sha: str | None, provenance: str | None) -> None:
     """Record the weights' identity on the model (cached baselines, provenance of scores)."""
-    from plop_core.baselines import weight_stamp
+    from plop_core.baselines import weight_stamps
 
-    stamps = {n: weight_stamp(p) for n, p in model.named_parameters() if not p.is_meta}
+    named = [(n, p) for n, p in model.named_parameters() if not p.is_meta]
+    stamps = dict(zip([n for n, _ in named], weight_stamps([p for _, p in named]), strict=True))
     model.plop_weights = {"sha256": sha, "stamps": stamps, "provenance": provenance}
 
 

@@ -4,6 +4,7 @@ Usage:
     .venv/bin/python benchmarks/bench_hotpath.py                                  # SmolLM2-135M asset, full grid
     .venv/bin/python benchmarks/bench_hotpath.py --lengths 64 256 --batches 1 8 --repeats 3
     .venv/bin/python benchmarks/bench_hotpath.py --lengths 64 --batches 1 --batches-per-call 8 --repeats 9
+    .venv/bin/python benchmarks/bench_hotpath.py --lengths 64 --batches 1 --json cell.json   # rows as JSON too
 
 One thread (torch.set_num_threads(1)) and CPU time (time.process_time) of this process, so other jobs on a
 shared box distort the numbers less than wall time would. For each (sequence length, batch size) cell the
@@ -28,6 +29,7 @@ before the call (see bench_scoring.PeakMemory), for blocks and probe_cached, in 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -95,6 +97,7 @@ def main(argv=None) -> None:
                    help="K batches of the cell's shape per timed call (score_nfn on K x batch texts; K forwards "
                         "for forward/blocks/authors): K=1 charges a call's fixed set-up to one batch, larger K "
                         "shows the per-batch hot path")
+    p.add_argument("--json", type=Path, help="also write the printed rows to this JSON file (bench_hotpath_spread)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -110,6 +113,7 @@ def main(argv=None) -> None:
     header = (f"{'len':>5s} {'batch':>5s} {'variant':>13s} {'cpu s':>8s} {'x blocks':>9s} {'x forward':>10s} "
               f"{'peak MiB':>9s}")
     print(header)
+    rows = []
     for length in args.lengths:
         for bsz in args.batches:
             k = args.batches_per_call
@@ -135,8 +139,13 @@ def main(argv=None) -> None:
                 peaks[name] = mem.peak
             med = {k: statistics.median(v) for k, v in times.items()}
             for name, t in med.items():
+                rows.append({"length": length, "batch": bsz, "batches_per_call": k, "variant": name, "cpu_s": t,
+                             "x_blocks": t / med["blocks"], "x_forward": t / med["forward"],
+                             "peak_mib": peaks[name] / 2**20 if name in peaks else None})
                 print(f"{length:5d} {bsz:5d} {name:>13s} {t:8.3f} {t / med['blocks']:9.3f} {t / med['forward']:10.3f} "
                       + (f"{peaks[name] / 2**20:9.1f}" if name in peaks else ""), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -74,16 +74,17 @@ def _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap
 _DISCOVERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (structure stamp, Discovery)
 
 
-def _structure(model) -> tuple:
+def _structure(named: list) -> tuple:
     """What discovery depends on: every module (name and object) and its weight's shape. A model wrapped or
-    edited since (PEFT, a replaced or resized layer) has another stamp."""
+    edited since (PEFT, a replaced or resized layer) has another stamp. `named`: list(model.named_modules())."""
     return tuple((name, id(m), tuple(w.shape) if isinstance(w := getattr(m, "weight", None), torch.Tensor) else None)
-                 for name, m in model.named_modules())
+                 for name, m in named)
 
 
-def _resolve_candidates(model, candidates):
+def _resolve_candidates(model, candidates, named: list | None = None):
+    """The Discovery to score; `named` is the call's one walk of model.named_modules() (taken here if None)."""
     if candidates is None:  # discovered once per model structure (repeated calls from a notebook or benchmark)
-        stamp = _structure(model)
+        stamp = _structure(list(model.named_modules()) if named is None else named)
         hit = _DISCOVERED.get(model)
         if hit is None or hit[0] != stamp:
             _DISCOVERED[model] = hit = (stamp, discovery_module.discover_candidates(model))
@@ -285,10 +286,12 @@ def score_nfn(model, tokenizer, texts, batch_size=8, max_length=256, estimator="
     of `score_partial` merge into the same scores (plop_core.shards).
     """
     _check_inputs(texts, batch_size, max_length, estimator, n_probe, n_bootstrap, ci_level)
-    discovery = _resolve_candidates(model, candidates)
-    part = score_partial(model, tokenizer, texts, batch_size=batch_size, max_length=max_length, estimator=estimator,
-                         seed=seed, n_probe=n_probe, include_padding=include_padding, candidates=discovery,
-                         baseline_cache=baseline_cache, progress=progress, min_batch_size=min_batch_size)
+    named = list(model.named_modules())  # one walk serves discovery's stamp, the module index and eval mode
+    discovery = _resolve_candidates(model, candidates, named)
+    part = _score_partial(model, tokenizer, texts, named, start=0, batch_size=batch_size, max_length=max_length,
+                          estimator=estimator, seed=seed, n_probe=n_probe, include_padding=include_padding,
+                          candidates=discovery, baseline_cache=baseline_cache, progress=progress,
+                          min_batch_size=min_batch_size)
     return merge_scores([part], discovery, n_bootstrap=n_bootstrap, ci_level=ci_level)
 
 
@@ -298,16 +301,25 @@ def score_partial(model, tokenizer, texts, *, start=0, batch_size=8, max_length=
     """The forward passes of `score_nfn` over `texts`, which are texts [start, start + len(texts)) of a sample:
     per-sequence statistics, no tables or bootstrap yet (`merge_scores` of all shards does those once).
     Arguments as in `score_nfn`. A shard whose texts all tokenize to nothing has no sequences (allowed)."""
+    return _score_partial(model, tokenizer, texts, list(model.named_modules()), start=start, batch_size=batch_size,
+                          max_length=max_length, estimator=estimator, seed=seed, n_probe=n_probe,
+                          include_padding=include_padding, candidates=candidates, baseline_cache=baseline_cache,
+                          progress=progress, min_batch_size=min_batch_size)
+
+
+def _score_partial(model, tokenizer, texts, named, *, start, batch_size, max_length, estimator, seed, n_probe,
+                   include_padding, candidates, baseline_cache, progress, min_batch_size) -> PartialScores:
+    """`score_partial` given the call's walk of model.named_modules()."""
     texts = _check_inputs(texts, batch_size, max_length, estimator, n_probe, 0, 0.5)
     if not isinstance(min_batch_size, int) or not 1 <= min_batch_size <= batch_size:
         raise ValueError(f"min_batch_size must be an integer in [1, batch_size={batch_size}], got {min_batch_size!r}")
-    discovery = _resolve_candidates(model, candidates)
+    discovery = _resolve_candidates(model, candidates, named)
     cands = list(discovery.candidates)
-    index = dict(model.named_modules())
+    index = dict(named)
     _refuse_heads(model, cands, index)
     cache = BaselineCache(baseline_cache)
     device, dtype = execution_device(model), next(model.parameters()).dtype
-    training = [m for m in model.modules() if m.training]  # restored per module; no eval() walk when already eval
+    training = [m for _, m in named if m.training]  # restored per module; no eval() walk when already eval
     if training:
         model.eval()
     fwd_params = inspect.signature(model.forward).parameters

@@ -29,19 +29,6 @@ COMMAND = ".venv/bin/python benchmarks/study/arms.py"
 ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default", "base"]
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN and is not counted)."""
-    p = np.asarray(p, float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p[i]))
-        out[i] = running
-    return out
-
-
 def read_summaries(sweep: str, metric: str = "nll") -> pd.DataFrame:
     """Per (model, task): plop_core.comparison.summarize over the runs finished so far (common.read_records),
     i.e. the experiment's own summary once every run is in, and the same statistics on fewer seeds before."""
@@ -71,7 +58,7 @@ def with_holm(summary: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
         compared = ~g["arm"].isin(["plop", "base"])
         for col in ("p_seeds", "p_rows"):
             g[f"{col}_holm"] = np.nan
-            g.loc[compared, f"{col}_holm"] = holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
+            g.loc[compared, f"{col}_holm"] = common.holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
         g["order"] = [ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER) for a in g["arm"]]
         parts.append(g.sort_values("order").drop(columns="order"))
     return pd.concat(parts, ignore_index=True)

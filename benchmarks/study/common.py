@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
@@ -88,11 +89,15 @@ def ordered_models(models) -> list[str]:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A pipe table (floats with 3 decimals) without the optional `tabulate` dependency."""
-    def cell(v):
+    """A pipe table (floats with 3 decimals; a p-value column, named p or p_*, shows <0.001 rather than 0.000)
+    without the optional `tabulate` dependency."""
+    def cell(v, col):
+        if isinstance(v, float) and (col == "p" or col.startswith("p_")) and 0 <= v < 0.0005:
+            return "<0.001"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    cols = list(map(str, df.columns))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v, c) for v, c in zip(row, cols)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -124,3 +129,16 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}", file=sys.stderr)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN and is not counted)."""
+    p = np.asarray(p, float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out

@@ -13,7 +13,10 @@ predicts a negative Spearman rho(NFN, gain): low-NFN types gain most. Reported p
   ci         percentile interval of rho when each type's seeds are resampled (2000 draws): the training
              noise only; with 3 seeds it is coarse, and NFN's own (tiny) interval is ignored
   top3_gain  whether PLoP's 3 lowest-NFN types are the 3 types with the largest mean gain
-Writes docs/study/tables/nfn_gain.md and docs/study/nfn_gain.png (NFN vs gain, one panel per cell).
+And, to say which types the data can tell apart, every pair of types compared on the same held-out rows
+(nfn_gain_pairs): per-row NLL averaged over each type's seeds, paired t over the rows, Holm over the 21
+pairs of a cell. Training noise across seeds is not in this test (the seed spread is in gain_sd).
+Writes docs/study/tables/nfn_gain*.md and docs/study/nfn_gain.png (NFN vs gain, one panel per cell).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, ttest_rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -91,6 +94,30 @@ def analyse(types: pd.DataFrame, g: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     return pd.DataFrame(rows), pd.DataFrame(per_type)
 
 
+def row_pairs(sweep: str, types: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
+    """Every pair of types of a cell on the same held-out rows: mean per-row difference (a - b; negative: a's
+    NLL is lower), paired t p-value over rows, Holm-adjusted over the cell's pairs."""
+    recs = [r for r in common.read_records(sweep) if r["arm"] in common.TYPE_ORDER]
+    out = []
+    for (model, task), cell in pd.DataFrame(recs).groupby(["model", "task"]) if recs else []:
+        nfn = common.type_series(types, model, task)
+        rows = {t: np.mean([np.asarray(v[metric], float) for v in g["per_row"]], axis=0)
+                for t, g in cell.groupby("arm")}
+        seeds = cell.groupby("arm")["seed"].nunique()
+        kinds = [t for t in common.TYPE_ORDER if t in rows and t in nfn.index]
+        pairs = []
+        for a, b in common.pairs(kinds):
+            d = rows[a] - rows[b]
+            pairs.append(dict(model=model, task=task, a=a, b=b, nfn_a=float(nfn[a]), nfn_b=float(nfn[b]),
+                              diff=float(d.mean()), p_rows=float(ttest_rel(rows[a], rows[b]).pvalue),
+                              seeds_a=int(seeds[a]), seeds_b=int(seeds[b]), rows=len(d)))
+        if pairs:
+            block = pd.DataFrame(pairs)
+            block.insert(block.columns.get_loc("p_rows") + 1, "p_holm", common.holm(block["p_rows"].to_numpy()))
+            out.append(block)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -117,12 +144,16 @@ def main(argv=None) -> None:
     if runs.empty or types.empty:
         common.write_table("nfn_gain", pd.DataFrame(), COMMAND)
         common.write_table("nfn_gain_types", pd.DataFrame(), COMMAND)
+        common.write_table("nfn_gain_pairs", pd.DataFrame(), COMMAND)
         return
     summary, per_type = analyse(types, gains(runs))
     note = ("Gain = base NLL - arm NLL on the held-out rows (positive: LoRA on that type helps); PLoP predicts "
             "rho < 0. p_perm: exact permutation test over the 7 types; ci: seeds resampled per type.")
     common.write_table("nfn_gain", summary, COMMAND, note)
     common.write_table("nfn_gain_types", per_type, COMMAND)
+    common.write_table("nfn_gain_pairs", row_pairs(args.sweep, types), COMMAND,
+                       "diff = mean over held-out rows of NLL(a) - NLL(b), per-row NLL averaged over each type's seeds "
+                       "(negative: LoRA on a is better); p_rows: paired t over rows; p_holm: Holm over the cell's pairs.")
     if len(summary):
         figure(per_type, summary, args.figure)
 

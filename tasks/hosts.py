@@ -117,7 +117,11 @@ class HostPool:
         spec = (_ray_session(), tuple(sorted(resources.items())), size)
         pool = _KEPT.pop(spec, None)
         release_kept()  # hosts of another shape hold resources this sweep's hosts or tasks need
-        pool = pool if pool is not None and pool.alive() else cls(size, resources)
+        if pool is not None and not pool.alive():
+            pool.kill()  # what is left of it holds resources the new pool needs
+            pool = None
+        if pool is None:
+            pool = cls(size, resources)
         pool.pending.clear()
         try:
             yield pool
@@ -132,7 +136,6 @@ class HostPool:
         try:
             ray.get([h.where.remote() for h in self.hosts], timeout=timeout_s)
         except Exception:  # noqa: BLE001  (RayActorError, GetTimeoutError, a dead session's errors)
-            self.kill()
             return False
         return True
 

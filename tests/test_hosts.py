@@ -46,7 +46,7 @@ def test_a_model_no_host_holds_takes_the_least_recently_used_host():
 
 
 @pytest.mark.slow
-def test_hosts_kept_from_an_ended_ray_session_are_not_reused():
+def test_hosts_kept_from_an_ended_ray_session_or_dead_are_not_reused():
     """A scoring-only sweep keeps its hosts for the next sweep of the process. When that Ray session ends
     and a new one starts, the new driver has the same job id (01000000), so the kept hosts must not be
     taken for this session's: CI once scored 4 of 4 cells into "Failed to submit task to actor"."""
@@ -67,6 +67,10 @@ def test_hosts_kept_from_an_ended_ray_session_are_not_reused():
             assert ray.get(second.hosts[0].where.remote(), timeout=60)["pid"] > 0
         with HostPool.start(1, resources, keep=True) as third:
             assert third is second  # within one session the kept hosts are reused
+        ray.kill(third.hosts[0])  # a kept host that died: the next sweep gets a fresh pool, not "actor died"
+        with HostPool.start(1, resources, keep=True) as fourth:
+            assert fourth is not third
+            assert ray.get(fourth.hosts[0].where.remote(), timeout=60)["pid"] > 0
     finally:
         from tasks.hosts import release_kept
 

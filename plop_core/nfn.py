@@ -77,8 +77,21 @@ _DISCOVERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model ->
 def _structure(named: list) -> tuple:
     """What discovery depends on: every module (name and object) and its weight's shape. A model wrapped or
     edited since (PEFT, a replaced or resized layer) has another stamp. `named`: list(model.named_modules())."""
-    return tuple((name, id(m), tuple(w.shape) if isinstance(w := getattr(m, "weight", None), torch.Tensor) else None)
-                 for name, m in named)
+    return tuple((name, id(m), _weight_shape(m)) for name, m in named)
+
+
+def _weight_shape(m) -> tuple | None:
+    """Shape of `m.weight` when it is a tensor; looked up where nn.Module keeps it, because a `getattr` miss
+    on the ~half of modules without a weight (norm-free blocks, activations) raises inside nn.Module."""
+    if "weight" in m._parameters:
+        w = m._parameters["weight"]
+    elif "weight" in m._buffers:
+        w = m._buffers["weight"]
+    elif "weight" in m.__dict__ or hasattr(type(m), "weight"):  # a plain attribute or a property (parametrize)
+        w = getattr(m, "weight", None)
+    else:
+        return None
+    return tuple(w.shape) if isinstance(w, torch.Tensor) else None
 
 
 def _resolve_candidates(model, candidates, named: list | None = None):

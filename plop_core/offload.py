@@ -72,8 +72,9 @@ def attach_inside(module: torch.nn.Module, fn) -> _Handle:
     pre_forward order stash-last sees the inputs already moved to the execution device; post_forward order
     score-first runs before accelerate's post_forward sends offloaded weights back to meta.
     """
-    theirs = getattr(module, "_hf_hook", None)
-    if theirs is None or not hasattr(module, "_old_forward"):
+    own = module.__dict__  # accelerate sets both as plain attributes; no nn.Module.__getattr__ miss per module
+    theirs = own.get("_hf_hook")
+    if theirs is None or "_old_forward" not in own:
         return module.register_forward_hook(fn, with_kwargs=True)
     from accelerate.hooks import ModelHook, SequentialHook
 

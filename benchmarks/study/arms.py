@@ -84,7 +84,9 @@ def figure(table: pd.DataFrame, path: Path, metric: str = "nll") -> None:
             ax.axhline(float(base[metric].iloc[0]), color="grey", ls="--", lw=1, label="base model")
             ax.legend(loc="best")
         ax.set_xticks(range(len(arms)), arms["arm"], rotation=30, ha="right")
-        ax.set(ylabel=f"held-out {metric} (mean over seeds, 95% t-interval)", title=f"{model} x {task}")
+        seeds = int(arms["n_seeds"].min()) if len(arms) else 0
+        interval = "95% t-interval over seeds" if seeds >= 2 else "1 seed: 95% interval over held-out rows"
+        ax.set(ylabel=f"held-out {metric}\n(mean over seeds; {interval})", title=f"{model} x {task}")
     common.save_figure(fig, path)
 
 

@@ -89,10 +89,10 @@ def ordered_models(models) -> list[str]:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """A pipe table (floats with 3 decimals; a p-value column, named p or p_*, shows <0.001 rather than 0.000)
+    """A pipe table (floats with 3 decimals; a p-value column, named p, p_* or *_p_*, shows <0.001 rather than 0.000)
     without the optional `tabulate` dependency."""
     def cell(v, col):
-        if isinstance(v, float) and (col == "p" or col.startswith("p_")) and 0 <= v < 0.0005:
+        if isinstance(v, float) and (col == "p" or col.startswith("p_") or "_p_" in col) and 0 <= v < 0.0005:
             return "<0.001"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
     cols = list(map(str, df.columns))

@@ -35,10 +35,10 @@ import common  # noqa: E402
 COMMAND = ".venv/bin/python benchmarks/study/nfn_gain.py"
 
 
-def read_runs(sweep: str, metric: str = "nll") -> pd.DataFrame:
-    """(model, task, arm, seed, value) of every finished run and the base (common.read_records)."""
+def read_runs(records: list[dict], metric: str = "nll") -> pd.DataFrame:
+    """(model, task, arm, seed, value) of every finished run and the base (records: common.read_records)."""
     return pd.DataFrame([dict(model=r["model"], task=r["task"], arm=r["arm"], seed=r["seed"],
-                              value=r["metrics"].get(metric)) for r in common.read_records(sweep)])
+                              value=r["metrics"].get(metric)) for r in records])
 
 
 def gains(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,10 +94,10 @@ def analyse(types: pd.DataFrame, g: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
     return pd.DataFrame(rows), pd.DataFrame(per_type)
 
 
-def row_pairs(sweep: str, types: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
+def row_pairs(records: list[dict], types: pd.DataFrame, metric: str = "nll") -> pd.DataFrame:
     """Every pair of types of a cell on the same held-out rows: mean per-row difference (a - b; negative: a's
     NLL is lower), paired t p-value over rows, Holm-adjusted over the cell's pairs."""
-    recs = [r for r in common.read_records(sweep) if r["arm"] in common.TYPE_ORDER]
+    recs = [r for r in records if r["arm"] in common.TYPE_ORDER]
     out = []
     for (model, task), cell in pd.DataFrame(recs).groupby(["model", "task"]) if recs else []:
         nfn = common.type_series(types, model, task)
@@ -140,7 +140,8 @@ def figure(per_type: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
 
 def main(argv=None) -> None:
     args = common.sweep_args(__doc__, "study-single-type", "nfn_gain.png", argv)
-    runs, types = read_runs(args.sweep), common.read_table(args.sweep, "types")
+    records = common.read_records(args.sweep)  # read once: the gains and the row-paired table both use them
+    runs, types = read_runs(records), common.read_table(args.sweep, "types")
     if runs.empty or types.empty:
         common.write_table("nfn_gain", pd.DataFrame(), COMMAND)
         common.write_table("nfn_gain_types", pd.DataFrame(), COMMAND)
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
             "rho < 0. p_perm: exact permutation test over the 7 types; ci: seeds resampled per type.")
     common.write_table("nfn_gain", summary, COMMAND, note)
     common.write_table("nfn_gain_types", per_type, COMMAND)
-    common.write_table("nfn_gain_pairs", row_pairs(args.sweep, types), COMMAND,
+    common.write_table("nfn_gain_pairs", row_pairs(records, types), COMMAND,
                        "diff = mean over held-out rows of NLL(a) - NLL(b), per-row NLL averaged over each type's seeds "
                        "(negative: LoRA on a is better); p_rows: paired t over rows; p_holm: Holm over the cell's pairs.")
     if len(summary):

@@ -65,6 +65,16 @@ def test_arithmetic_splits_disjoint_and_cover_pool():
         spec.load("validation")
 
 
+def test_arithmetic_small_is_the_one_and_two_digit_part_on_the_same_side_of_the_carve():
+    small, full = get_task("arithmetic_small"), get_task("arithmetic")
+    pool = small.load("all")
+    assert len(pool) == 600 and sum(r["digits"] == 1 for r in pool) == 300  # every 1-digit pair, 100 per op
+    assert (len(small.load("train")), len(small.load("eval"))) == (470, 130)
+    for split in ("train", "eval"):  # a problem never trains in one variant and evaluates in the other
+        assert {r["id"] for r in small.load(split)} <= {r["id"] for r in full.load(split)}
+    assert small.metric == "exact_match" and small.prompt(pool[0]) == full.prompt(pool[0])
+
+
 def test_rendering_invariants_arithmetic(tok):
     spec = get_task("arithmetic")
     row = next(r for r in spec.load("train") if r["id"] == "72*38")

@@ -7,7 +7,7 @@
     sample.token_stats(tokenizer, max_length=256); sample.to_parquet("sample.parquet")
     resolve_task("my.jsonl", prompt_column="q", answer_column="a")   # a local file as a task
 
-Registered: gsm8k, math, arithmetic (math); humaneval, mbpp (code); mmlu, mmlu_stem (knowledge);
+Registered: gsm8k, math, arithmetic, arithmetic_small (math); humaneval, mbpp (code); mmlu, mmlu_stem (knowledge);
 rte, cb, boolq (nli). See docs/tasks.md for each task's splits.
 """
 

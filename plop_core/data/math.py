@@ -1,5 +1,6 @@
-"""Math tasks: `gsm8k` (word problems, numeric answer), `math` (competition math, final answer) and
-`arithmetic` (generated integer + - * problems with exact answers: the GRPO train source).
+"""Math tasks: `gsm8k` (word problems, numeric answer), `math` (competition math, final answer),
+`arithmetic` (generated integer + - * problems with exact answers: the GRPO train source) and
+`arithmetic_small` (its 1-2 digit part: problems a ~100M model sometimes answers, so GRPO gets a signal).
 
 Why a generator: no GSM8K *train* split ships offline, and GRPO needs many prompts with exact,
 machine-checkable answers. `arithmetic_problems` is seeded per (digits, op) through `random.Random`
@@ -159,3 +160,7 @@ def arithmetic_task(per_category: int = 500, digits: tuple[int, ...] = (1, 2, 3,
 
 
 register_task("arithmetic")(arithmetic_task)
+# Operands of 1-2 digits, 100 problems per (digits, op), so half the pool is 1-digit: the variant a ~100M
+# model answers often enough for GRPO to see reward variance inside a prompt group (docs/study.md, GRPO).
+# Its problems are a subset of `arithmetic`'s (same seeded draws, same carve salt): same train/eval side.
+register_task("arithmetic_small")(lambda: arithmetic_task(per_category=100, digits=(1, 2), name="arithmetic_small"))

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     df = pd.concat([df, total[df.columns]], ignore_index=True)
     print(df.to_string(index=False))
     if not args.no_write:
-        cmd = " ".join(["python benchmarks/study/grpo_signal.py", *(argv if argv is not None else sys.argv[1:])])
+        cmd = " ".join([".venv/bin/python benchmarks/study/grpo_signal.py", *(argv if argv is not None else sys.argv[1:])])
         note = (f"{args.model} on held-out `{args.task}` problems, {args.per_category} per category, greedy with "
                 f"{args.max_new_tokens} new tokens; answer_tag: greedy answers containing `<answer>`"
                 + (f"; groups_with_variance: problems whose {args.groups} samples at temperature 1 are not all "

@@ -2,6 +2,7 @@
 
 Usage:
     .venv/bin/python benchmarks/study/arms.py                          # the committed study-arms sweep
+    .venv/bin/python benchmarks/study/arms.py --sweep study-grpo       # GRPO arms: exact match
     .venv/bin/python benchmarks/study/arms.py --results DIR --sweep NAME
 
 Summarises each experiment's finished runs (their records) with plop_core.comparison.summarize, the
@@ -9,8 +10,10 @@ pipeline's own statistics (what its `summary.parquet` holds once the last run is
 per arm the mean over seeds with a t-interval, the difference to `plop` paired by seed with its t-test,
 and a paired t-test over held-out rows) and adds the multiple-comparison correction: Holm over the
 comparisons of one experiment (every arm but plop and base), for both p-values. A difference is
-`metric(arm) - metric(plop)`; with NLL, positive means plop is better.
-Writes docs/study/tables/arms.md and docs/study/arms.png (mean NLL per arm with intervals, base dashed).
+`metric(arm) - metric(plop)`; with NLL positive means plop is better, with exact match negative does.
+The metric is the one the sweep evaluated (nll or exact_match). Writes docs/study/tables/<name>.md and
+docs/study/<name>.png (mean per arm with intervals, base dashed), <name> the sweep's name without
+`study-` (study-arms -> arms, study-grpo -> grpo).
 """
 
 from __future__ import annotations
@@ -29,12 +32,11 @@ COMMAND = ".venv/bin/python benchmarks/study/arms.py"
 ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default", "base"]
 
 
-def read_summaries(sweep: str, metric: str = "nll") -> pd.DataFrame:
-    """Per (model, task): plop_core.comparison.summarize over the runs finished so far (common.read_records),
+def read_summaries(recs: list[dict], metric: str = "nll") -> pd.DataFrame:
+    """Per (model, task): plop_core.comparison.summarize over the runs finished so far (`common.read_records`),
     i.e. the experiment's own summary once every run is in, and the same statistics on fewer seeds before."""
     from plop_core.comparison import summarize
 
-    recs = common.read_records(sweep)
     out = []
     for (model, task), group in itertools.groupby(recs, key=lambda r: (r["model"], r["task"])):
         group = list(group)
@@ -90,16 +92,25 @@ def figure(table: pd.DataFrame, path: Path, metric: str = "nll") -> None:
     common.save_figure(fig, path)
 
 
+METRICS = ("nll", "exact_match")  # what the study's finetuning sweeps evaluate, in order of preference
+
+
 def main(argv=None) -> None:
-    args = common.sweep_args(__doc__, "study-arms", "arms.png", argv)
-    summary = read_summaries(args.sweep)
-    table = with_holm(summary) if len(summary) else summary
-    note = ("diff = NLL(arm) - NLL(plop), paired by seed (positive: plop better); p_seeds: paired t over seeds; "
-            "p_rows: paired t over held-out rows (per-row NLL averaged over seeds); *_holm: Holm-adjusted over "
-            "the arms compared with plop in that experiment.")
-    common.write_table("arms", table, COMMAND, note)
+    args = common.sweep_args(__doc__, "study-arms", None, argv)
+    name = args.sweep.removeprefix("study-").replace("-", "_")
+    recs = common.read_records(args.sweep)
+    found = {m for r in recs for m in r["metrics"]}
+    metric = next((m for m in METRICS if m in found), METRICS[0])
+    summary = read_summaries(recs, metric)
+    table = with_holm(summary, metric) if len(summary) else summary
+    shown, better = {"nll": ("NLL", "positive"), "exact_match": ("exact match", "negative")}[metric]
+    note = (f"diff = {shown}(arm) - {shown}(plop), paired by seed ({better}: plop better); p_seeds: paired t over "
+            f"seeds; p_rows: paired t over held-out rows (per-row {shown} averaged over seeds); *_holm: "
+            "Holm-adjusted over the arms compared with plop in that experiment.")
+    command = COMMAND if args.sweep == "study-arms" else f"{COMMAND} --sweep {args.sweep}"
+    common.write_table(name, table, command, note)
     if len(table):
-        figure(table, args.figure)
+        figure(table, args.figure or common.FIGS / f"{name}.png", metric)
 
 
 if __name__ == "__main__":

@@ -111,15 +111,16 @@ def write_table(name: str, df: pd.DataFrame, command: str, note: str = "") -> Pa
     return path
 
 
-def sweep_args(doc: str, sweep: str, figure: str, argv=None):
-    """--sweep / --results / --figure of a script that reads one sweep's results (and points RESULTS there)."""
+def sweep_args(doc: str, sweep: str, figure: str | None, argv=None):
+    """--sweep / --results / --figure of a script that reads one sweep's results (and points RESULTS there).
+    `figure` None: the caller derives the figure from the sweep (`args.figure` is then None unless given)."""
     import argparse
 
     global RESULTS
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--sweep", default=sweep)
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder holding <sweep>/")
-    p.add_argument("--figure", type=Path, default=FIGS / figure)
+    p.add_argument("--figure", type=Path, default=FIGS / figure if figure else None)
     args = p.parse_args(argv)
     RESULTS = args.results
     return args

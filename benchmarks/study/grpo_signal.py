@@ -34,15 +34,10 @@ from common import write_table  # noqa: E402
 
 from plop_core.config import FinetuneConfig  # noqa: E402
 from plop_core.data import load_rows  # noqa: E402
-from plop_core.evaluate import generate_greedy  # noqa: E402
+from plop_core.evaluate import generate_greedy, score_exact_match  # noqa: E402
 from plop_core.models import load_model  # noqa: E402
 from plop_core.train.common import has_chat_template, render_prompt  # noqa: E402
 from plop_core.train.grpo import with_instruction  # noqa: E402
-from plop_core.train.rewards import extract_final_number, numbers_match  # noqa: E402
-
-
-def correct(generation: str, answer) -> bool:
-    return numbers_match(extract_final_number(generation), float(answer))
 
 
 @torch.no_grad()
@@ -58,7 +53,7 @@ def sampled_groups(model, tok, prompts: list[str], answers: list, group: int, ma
                              num_return_sequences=group, pad_token_id=tok.pad_token_id)
         texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for i, ans in enumerate(answers[s: s + 8]):
-            hits.append(sum(correct(t, ans) for t in texts[i * group:(i + 1) * group]))
+            hits.append(int(sum(score_exact_match(texts[i * group:(i + 1) * group], [ans] * group))))
     return hits
 
 
@@ -88,11 +83,12 @@ def main(argv=None) -> int:
         hits = (sampled_groups(model, tok, prompts, [r["answer"] for r in rows], args.groups, args.max_new_tokens, 0)
                 if args.groups else [0] * len(rows))
         cats: dict[str, dict] = {}
-        for r, g, h in zip(rows, gens, hits, strict=True):
+        greedy = score_exact_match(gens, [r["answer"] for r in rows])  # evaluate's own exact-match rule
+        for r, g, ok, h in zip(rows, gens, greedy, hits, strict=True):
             c = cats.setdefault(r["category"], {"style": style, "category": r["category"], "problems": 0,
                                                 "greedy_correct": 0, "answer_tag": 0, "groups_with_variance": 0})
             c["problems"] += 1
-            c["greedy_correct"] += int(correct(g, r["answer"]))
+            c["greedy_correct"] += int(ok)
             c["answer_tag"] += int("<answer>" in g)
             c["groups_with_variance"] += int(0 < h < args.groups)
         table += [cats[c] for c in sorted(cats)]

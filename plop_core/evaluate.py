@@ -183,9 +183,10 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompt_texts: list[str], max_new_tokens: int = 256,
-                    batch_size: int = 8, progress=None) -> list[str]:
-    """Batched greedy generation with left padding; returns the decoded new text per prompt."""
+def _generate(model, tokenizer, prompt_texts: list[str], max_new_tokens: int, batch_size: int, progress,
+              **generate_kwargs) -> list[str]:
+    """The one batched generation loop (left padding, restored after): the decoded new text of every returned
+    sequence, prompt-major (`num_return_sequences` of them per prompt when sampling)."""
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -194,15 +195,31 @@ def generate_greedy(model, tokenizer, prompt_texts: list[str], max_new_tokens: i
         for s in range(0, len(prompt_texts), batch_size):
             enc = tokenizer(prompt_texts[s: s + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=not has_chat_template(tokenizer)).to(device)
-            gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **generate_kwargs)
             new = gen[:, enc["input_ids"].shape[1]:]
             outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
             if progress is not None:
-                progress.update(len(new))
+                progress.update(len(enc["input_ids"]))
     finally:
         tokenizer.padding_side = old_side
     return outs
+
+
+def generate_greedy(model, tokenizer, prompt_texts: list[str], max_new_tokens: int = 256,
+                    batch_size: int = 8, progress=None) -> list[str]:
+    """Batched greedy generation with left padding; returns the decoded new text per prompt."""
+    return _generate(model, tokenizer, prompt_texts, max_new_tokens, batch_size, progress,
+                     do_sample=False, temperature=None, top_p=None, top_k=None)
+
+
+def generate_sampled(model, tokenizer, prompt_texts: list[str], num_samples: int, max_new_tokens: int = 256,
+                     batch_size: int = 8, temperature: float = 1.0, progress=None) -> list[list[str]]:
+    """`num_samples` completions per prompt, sampled at `temperature` with no top-p/top-k cut: what GRPO's
+    group sampling draws with TRL's defaults. Seed torch's generator first for repeatable draws."""
+    flat = _generate(model, tokenizer, prompt_texts, max_new_tokens, batch_size, progress, do_sample=True,
+                     temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples)
+    return [flat[i * num_samples:(i + 1) * num_samples] for i in range(len(prompt_texts))]
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -10,6 +10,7 @@ from plop_core.evaluate import (
     continuation_logprobs,
     evaluate_model,
     generate_greedy,
+    generate_sampled,
     score_exact_match,
     wilson_interval,
 )
@@ -74,6 +75,19 @@ def test_logprobs_and_generation_do_not_depend_on_batching(llama, tok):
     g3 = generate_greedy(llama, tok, prompts, max_new_tokens=6, batch_size=3)
     assert g1 == g3
     assert tok.padding_side == "right"  # restored
+
+
+def test_sampled_generation_is_seeded_and_tends_to_greedy_at_low_temperature(llama, tok):
+    prompts = [render_prompt(tok, r["prompt"]) for r in ROWS]
+    torch.manual_seed(0)
+    a = generate_sampled(llama, tok, prompts, num_samples=3, max_new_tokens=5, batch_size=2)
+    torch.manual_seed(0)
+    b = generate_sampled(llama, tok, prompts, num_samples=3, max_new_tokens=5, batch_size=2)
+    assert a == b and [len(g) for g in a] == [3] * len(prompts)
+    assert len({t for g in a for t in g}) > 1  # temperature 1 on a random model: the draws differ
+    assert tok.padding_side == "right"  # restored
+    cold = generate_sampled(llama, tok, prompts, num_samples=2, max_new_tokens=5, batch_size=2, temperature=1e-6)
+    assert cold == [[g, g] for g in generate_greedy(llama, tok, prompts, max_new_tokens=5)]
 
 
 def test_evaluate_model_all_metrics_deterministic(llama, tok):

@@ -111,9 +111,10 @@ def write_table(name: str, df: pd.DataFrame, command: str, note: str = "") -> Pa
     return path
 
 
-def sweep_args(doc: str, sweep: str, figure: str | None, argv=None):
+def sweep_args(doc: str, sweep: str, figure: str | None, argv=None, reference: bool = False):
     """--sweep / --results / --figure of a script that reads one sweep's results (and points RESULTS there).
-    `figure` None: the caller derives the figure from the sweep (`args.figure` is then None unless given)."""
+    `figure` None: the caller derives the figure from the sweep (`args.figure` is then None unless given).
+    `reference`: also --reference, the arm the others are compared with (default plop)."""
     import argparse
 
     global RESULTS
@@ -121,6 +122,8 @@ def sweep_args(doc: str, sweep: str, figure: str | None, argv=None):
     p.add_argument("--sweep", default=sweep)
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder holding <sweep>/")
     p.add_argument("--figure", type=Path, default=FIGS / figure if figure else None)
+    if reference:
+        p.add_argument("--reference", default="plop", help="arm the others are compared with (study-k: v,up,down)")
     args = p.parse_args(argv)
     RESULTS = args.results
     return args

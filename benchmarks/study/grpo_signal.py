@@ -34,9 +34,9 @@ from common import write_table  # noqa: E402
 
 from plop_core.config import FinetuneConfig  # noqa: E402
 from plop_core.data import load_rows  # noqa: E402
-from plop_core.evaluate import generate_greedy, score_exact_match  # noqa: E402
+from plop_core.evaluate import generate_greedy, generate_sampled, score_exact_match  # noqa: E402
 from plop_core.models import load_model  # noqa: E402
-from plop_core.train.common import has_chat_template, render_prompt  # noqa: E402
+from plop_core.train.common import render_prompt  # noqa: E402
 from plop_core.train.grpo import with_instruction  # noqa: E402
 
 
@@ -44,17 +44,8 @@ from plop_core.train.grpo import with_instruction  # noqa: E402
 def sampled_groups(model, tok, prompts: list[str], answers: list, group: int, max_new: int, seed: int) -> list[int]:
     """Per prompt: how many of `group` temperature-1 samples are correct (GRPO's sampling, TRL defaults)."""
     torch.manual_seed(seed)
-    tok.padding_side = "left"
-    hits = []
-    for s in range(0, len(prompts), 8):
-        enc = tok(prompts[s: s + 8], return_tensors="pt", padding=True,
-                  add_special_tokens=not has_chat_template(tok))
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
-                             num_return_sequences=group, pad_token_id=tok.pad_token_id)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, ans in enumerate(answers[s: s + 8]):
-            hits.append(int(sum(score_exact_match(texts[i * group:(i + 1) * group], [ans] * group))))
-    return hits
+    groups = generate_sampled(model, tok, prompts, group, max_new, batch_size=8)
+    return [int(sum(score_exact_match(texts, [ans] * group))) for texts, ans in zip(groups, answers, strict=True)]
 
 
 def main(argv=None) -> int:

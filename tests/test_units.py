@@ -211,9 +211,15 @@ def test_keep_adapters_false_leaves_metrics_only_and_keeps_the_unit_keys(llama_d
         return pd.read_parquet(Layout.hive(man["root"]).resolve(man["experiments"][0]["files"]["runs"]))
 
     assert runs(lean).set_index("arm")["nll"].to_dict() == pytest.approx(runs(kept).set_index("arm")["nll"].to_dict())
-    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "lean").rglob("record.json")}
-    run_serial(lean_cfg, track=False, progress=False)  # done without adapters: nothing recomputed or rewritten
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lean").rglob("record.json")} == stamps
+    def stamps():  # every file of the experiments (records, summary/runs/evaluation/training tables, chart)
+        root = tmp_path / "lean"
+        return {p: p.stat().st_mtime_ns for p in root.rglob("*")
+                if p.is_file() and p.relative_to(root).parts[0] in ("finetune", "evaluation", "training")}
+
+    before = stamps()
+    assert len([p for p in before if p.name == "runs.parquet"]) == 1 and len(before) >= 8
+    again = run_serial(lean_cfg, track=False, progress=False)  # done without adapters: nothing recomputed or rewritten
+    assert stamps() == before and again["experiments"] == lean["experiments"]
 
 
 def test_duckdb_reads_each_table_of_the_root_with_its_documented_glob(scored):

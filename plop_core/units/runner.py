@@ -53,9 +53,13 @@ def after_shards(cell: ScoringCell, shards: list[Outcome]) -> Outcome | None:
 
 
 def finish_experiment(exp: Experiment, base: Outcome, arms: list[Outcome], cfg: SweepConfig, cell: ScoringCell):
-    """The experiment's summary once its base evaluation and every arm finished; None if any failed."""
+    """The experiment's summary once its base evaluation and every arm finished; None if any failed. When
+    every one of them was cached and the summary is done, it is reused as it is: a rerun of a finished
+    sweep rewrites nothing (its tables keep the `created_at` of the runs that made them)."""
     if not base.ok or not all(a.ok for a in arms):
         return None
+    if base.cached and all(a.cached for a in arms) and (done := results.load_done(exp)) is not None:
+        return done
     return results.write_experiment(exp, base.result, [a.result for a in arms], list(cfg.evaluation.metrics),
                                     cfg.evaluation.ci_level, cell.sample.sample_hash, cfg.scorer.estimator)
 

@@ -33,7 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 COMMAND = ".venv/bin/python benchmarks/study/arms.py"
-ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default", "base"]
+ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default"]  # study-arms' own order
+
+
+def arm_order(sweep: str) -> list[str]:
+    """The arms in the order the sweep's YAML lists them (study-k: by k), then base; ARM_ORDER for a results
+    folder without a committed YAML (a pilot)."""
+    import yaml
+
+    path = common.ROOT / "deploy" / "sweeps" / f"{sweep}.yaml"
+    arms = yaml.safe_load(path.read_text())["finetune"]["arms"] if path.exists() else ARM_ORDER
+    return [*arms, "base"]
 
 
 def read_summaries(recs: list[dict], metric: str = "nll", reference: str = "plop") -> pd.DataFrame:
@@ -57,7 +67,8 @@ def read_summaries(recs: list[dict], metric: str = "nll", reference: str = "plop
     return pd.concat(out, ignore_index=True)[keep]
 
 
-def with_holm(summary: pd.DataFrame, metric: str = "nll", reference: str = "plop") -> pd.DataFrame:
+def with_holm(summary: pd.DataFrame, metric: str = "nll", reference: str = "plop",
+              order: list[str] | None = None) -> pd.DataFrame:
     parts = []
     for _, g in summary.groupby(["model", "task"], sort=False):
         g = g.copy()
@@ -65,8 +76,9 @@ def with_holm(summary: pd.DataFrame, metric: str = "nll", reference: str = "plop
         for col in ("p_seeds", "p_rows"):
             g[f"{col}_holm"] = np.nan
             g.loc[compared, f"{col}_holm"] = common.holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
-        g["order"] = [ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER) for a in g["arm"]]
-        parts.append(g.sort_values("order", kind="stable").drop(columns="order"))  # other arms: sweep order
+        order = order or [*ARM_ORDER, "base"]
+        g["order"] = [order.index(a) if a in order else len(order) for a in g["arm"]]
+        parts.append(g.sort_values("order", kind="stable").drop(columns="order"))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -86,13 +98,18 @@ def figure(table: pd.DataFrame, path: Path, metric: str = "nll", reference: str 
         for x, (arm, v, e_lo, e_hi) in enumerate(zip(arms["arm"], y, err[0], err[1])):
             ax.errorbar([x], [v], yerr=[[e_lo], [e_hi]], fmt="o", capsize=3,
                         color="tab:green" if arm == reference else "tab:blue")
+        title = f"{model} x {task}"
         if len(base):  # points, not bars: the arms differ by a few hundredths of a nat
-            ax.axhline(float(base[metric].iloc[0]), color="grey", ls="--", lw=1, label="base model")
-            ax.legend(loc="best")
+            b0, lo, hi = float(base[metric].iloc[0]), float(arms[f"{metric}_low"].min()), float(arms[f"{metric}_high"].max())
+            if lo - 2 * (hi - lo) <= b0 <= hi + 2 * (hi - lo):
+                ax.axhline(b0, color="grey", ls="--", lw=1, label="base model")
+                ax.legend(loc="best")
+            else:  # far off: a line there would squash the arms into one row of dots
+                title += f"\n(base model {b0:.3f}, off the scale)"
         ax.set_xticks(range(len(arms)), arms["arm"], rotation=30, ha="right")
         seeds = int(arms["n_seeds"].min()) if len(arms) else 0
         interval = "95% t-interval over seeds" if seeds >= 2 else "1 seed: 95% interval over held-out rows"
-        ax.set(ylabel=f"held-out {metric}\n(mean over seeds; {interval})", title=f"{model} x {task}")
+        ax.set(ylabel=f"held-out {metric}\n(mean over seeds; {interval})", title=title)
     common.save_figure(fig, path)
 
 
@@ -107,7 +124,7 @@ def main(argv=None) -> None:
     found = {m for r in recs for m in r["metrics"]}
     metric = next((m for m in METRICS if m in found), METRICS[0])
     summary = read_summaries(recs, metric, ref)
-    table = with_holm(summary, metric, ref) if len(summary) else summary
+    table = with_holm(summary, metric, ref, arm_order(args.sweep)) if len(summary) else summary
     shown, better = {"nll": ("NLL", "positive"), "exact_match": ("exact match", "negative")}[metric]
     note = (f"diff = {shown}(arm) - {shown}({ref}), paired by seed ({better}: {ref} better); p_seeds: paired t "
             f"over seeds; p_rows: paired t over held-out rows (per-row {shown} averaged over seeds); *_holm: "

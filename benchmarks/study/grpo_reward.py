@@ -9,10 +9,12 @@ them): `reward` is the mean correctness of the step's sampled completions (2 pro
 `frac_reward_zero_std` the share of the step's prompt groups whose samples all got the same reward (no
 gradient from them). Per arm: the mean reward over the first and the second half of training, their
 difference paired by seed (t over seeds), and the mean share of groups with a signal. The held-out
-answer to "above the base model?" is the exact-match table of `arms.py --sweep study-grpo`; the training
+answer to "above the base model?" is held-out exact match, here per arm against the base model (arms.py
+compares arms with plop): per held-out problem the arm's exact match averaged over seeds minus the base's,
+a paired t over problems, Holm over the arms, and how many problems the arm gains or loses. The training
 reward is on training prompts with sampling, so it is the noisier, complementary view. Writes
-docs/study/tables/<name>_reward.md and docs/study/<name>_reward.png (per-step reward, 10-step rolling
-mean; thin lines per seed, thick the mean over seeds).
+docs/study/tables/<name>_reward.md, <name>_vs_base.md and docs/study/<name>_reward.png (per-step reward,
+10-step rolling mean; thin lines per seed, thick the mean over seeds).
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ def reward_table(cur: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def vs_base(recs: list[dict], metric: str = "exact_match") -> pd.DataFrame:
+    """Each arm's held-out metric against the base model's, paired by problem (see the module docstring)."""
+    base = [np.asarray(r["per_row"][metric], float) for r in recs if r["arm"] == "base"]
+    if not base:
+        return pd.DataFrame()
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in recs if r["arm"] != "base"):
+        per_seed = np.array([r["per_row"][metric] for r in recs if r["arm"] == arm], float)
+        d = per_seed.mean(axis=0) - base[0]
+        out.append({"arm": arm, "n_seeds": len(per_seed), metric: per_seed.mean(),
+                    "per_seed": " / ".join(f"{v:.3f}" for v in per_seed.mean(axis=1)), "base": base[0].mean(),
+                    "diff": d.mean(), "problems_gained": int((d > 0).sum()), "problems_lost": int((d < 0).sum()),
+                    "p_rows": stats.ttest_1samp(d, 0.0).pvalue if d.any() else 1.0})
+    table = pd.DataFrame(out)
+    table["p_rows_holm"] = common.holm(table["p_rows"].to_numpy())
+    return table
+
+
 def figure(cur: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -76,7 +96,8 @@ def figure(cur: pd.DataFrame, path: Path) -> None:
 def main(argv=None) -> None:
     args = common.sweep_args(__doc__, "study-grpo", None, argv)
     name = args.sweep.removeprefix("study-").replace("-", "_") + "_reward"
-    cur = curves(common.read_records(args.sweep))
+    recs = common.read_records(args.sweep)
+    cur = curves(recs)
     table = reward_table(cur) if len(cur) else pd.DataFrame()
     last = int(cur["step"].max()) if len(cur) else 0
     note = ("reward = mean correctness of a step's sampled completions (temperature 1) on training prompts; "
@@ -84,6 +105,10 @@ def main(argv=None) -> None:
             "then averaged (p: one-sample t over seeds); groups_with_signal = 1 - frac_reward_zero_std, averaged.")
     command = COMMAND if args.sweep == "study-grpo" else f"{COMMAND} --sweep {args.sweep}"
     common.write_table(name, table, command, note)
+    common.write_table(name.replace("_reward", "_vs_base"), vs_base(recs), command,
+                       "exact match on the held-out problems, the arm's averaged over its seeds; diff = arm - base; "
+                       "problems gained/lost: where the arm's seed-averaged exact match is above/below the base's; "
+                       "p_rows: paired t over problems; p_rows_holm: Holm over the arms.")
     if len(cur):
         figure(cur, args.figure or common.FIGS / f"{name}.png")
 

@@ -211,10 +211,10 @@ def test_keep_adapters_false_leaves_metrics_only_and_keeps_the_unit_keys(llama_d
         return pd.read_parquet(Layout.hive(man["root"]).resolve(man["experiments"][0]["files"]["runs"]))
 
     assert runs(lean).set_index("arm")["nll"].to_dict() == pytest.approx(runs(kept).set_index("arm")["nll"].to_dict())
-    def stamps():  # every file of the experiments (records, summary/runs/evaluation/training tables, chart)
+    def stamps():  # every record (cells' too) and every file of the experiments (tables, chart)
         root = tmp_path / "lean"
-        return {p: p.stat().st_mtime_ns for p in root.rglob("*")
-                if p.is_file() and p.relative_to(root).parts[0] in ("finetune", "evaluation", "training")}
+        return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and (
+            p.name == "record.json" or p.relative_to(root).parts[0] in ("finetune", "evaluation", "training"))}
 
     before = stamps()
     assert len([p for p in before if p.name == "runs.parquet"]) == 1 and len(before) >= 8

@@ -69,14 +69,13 @@ def read_summaries(recs: list[dict], metric: str = "nll", reference: str = "plop
 
 def with_holm(summary: pd.DataFrame, metric: str = "nll", reference: str = "plop",
               order: list[str] | None = None) -> pd.DataFrame:
-    parts = []
+    parts, order = [], order or [*ARM_ORDER, "base"]
     for _, g in summary.groupby(["model", "task"], sort=False):
         g = g.copy()
         compared = ~g["arm"].isin([reference, "base"])
         for col in ("p_seeds", "p_rows"):
             g[f"{col}_holm"] = np.nan
             g.loc[compared, f"{col}_holm"] = common.holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
-        order = order or [*ARM_ORDER, "base"]
         g["order"] = [order.index(a) if a in order else len(order) for a in g["arm"]]
         parts.append(g.sort_values("order", kind="stable").drop(columns="order"))
     return pd.concat(parts, ignore_index=True)

@@ -40,7 +40,6 @@ from plop_core.train.common import render_prompt  # noqa: E402
 from plop_core.train.grpo import with_instruction  # noqa: E402
 
 
-@torch.no_grad()
 def sampled_groups(model, tok, prompts: list[str], answers: list, group: int, max_new: int, seed: int) -> list[int]:
     """Per prompt: how many of `group` temperature-1 samples are correct (GRPO's sampling, TRL defaults)."""
     torch.manual_seed(seed)

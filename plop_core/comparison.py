@@ -60,7 +60,7 @@ def summarize(runs: pd.DataFrame, per_row: dict, metrics: list[str], ci_level: f
                       else (float(g[f"{m}_low"].iloc[0]), float(g[f"{m}_high"].iloc[0])))
             rec[f"{m}_low"], rec[f"{m}_high"] = lo, hi
             rec[f"{m}_diff"] = rec[f"{m}_p_seeds"] = rec[f"{m}_p_rows"] = float("nan")
-            rec[f"{m}_test"] = "n/a (no plop arm)"
+            rec[f"{m}_test"] = f"n/a (no {reference} arm)"
             if len(ref) and arm != reference:
                 both = g.merge(ref, on="seed", suffixes=("", "_ref")) if arm != "base" else None
                 if both is not None and len(both):
@@ -87,9 +87,11 @@ def _fmt(v, digits=3, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def format_summary(summary: pd.DataFrame, metric: str) -> str:
-    """The per-arm table as fixed-width text: metric with interval, difference from plop and p-values."""
-    head = ["arm", "types", "rank", "params", f"{metric} [{'95% CI'}]", "diff vs plop", "p (seeds)", "p (rows)"]
+def format_summary(summary: pd.DataFrame, metric: str, reference: str = REFERENCE_ARM) -> str:
+    """The per-arm table as fixed-width text: metric with interval, difference from the reference arm (the
+    one `summarize` was given) and p-values."""
+    head = ["arm", "types", "rank", "params", f"{metric} [{'95% CI'}]", f"diff vs {reference}", "p (seeds)",
+            "p (rows)"]
     rows = []
     for _, r in summary.iterrows():
         rows.append([r["arm"], r["types"] or "-", str(r["rank"]), f"{r['trainable_params']:,}",

@@ -97,6 +97,15 @@ def test_summary_statistics_golden():
     line = format_summary(s1.reset_index(), "nll").splitlines()[2]
     assert line.split() == ["plop", "x", "4", "100", "1.000", "[0.900,", "1.100]", "n/a", "n/a"]
 
+    # another reference arm (study-k has no `plop` arm): the label and the header name it
+    by_attn = summarize(runs, per_row, ["nll"], reference="attn").set_index("arm")
+    assert by_attn.loc["plop", "nll_diff"] == pytest.approx(np.mean(p - a))
+    assert by_attn.loc["attn", "nll_test"] == "reference"
+    absent = summarize(runs[runs.arm == "attn"], per_row, ["nll"], reference="v,up,down")
+    assert absent["nll_test"].tolist() == ["n/a (no v,up,down arm)"]
+    assert format_summary(by_attn.reset_index(), "nll", "attn").splitlines()[0].split()[7:10] == \
+        ["diff", "vs", "attn"]
+
 
 def test_budget_ranks_without_matching_keep_r(llama):
     from plop_core.modules import discover_candidates

@@ -33,17 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 COMMAND = ".venv/bin/python benchmarks/study/arms.py"
-ARM_ORDER = ["plop", "plop_inverse", "attn", "mlp", "all", "random", "peft_default"]  # study-arms' own order
 
 
-def arm_order(sweep: str) -> list[str]:
-    """The arms in the order the sweep's YAML lists them (study-k: by k), then base; ARM_ORDER for a results
-    folder without a committed YAML (a pilot)."""
+def arm_order(sweep: str) -> list[str] | None:
+    """The arms in the order the sweep's YAML lists them (study-k: by k), then base; None for a results folder
+    without a committed YAML (a pilot), which keeps the order the runs finished in."""
     import yaml
 
     path = common.ROOT / "deploy" / "sweeps" / f"{sweep}.yaml"
-    arms = yaml.safe_load(path.read_text())["finetune"]["arms"] if path.exists() else ARM_ORDER
-    return [*arms, "base"]
+    return [*yaml.safe_load(path.read_text())["finetune"]["arms"], "base"] if path.exists() else None
 
 
 def read_summaries(recs: list[dict], metric: str = "nll", reference: str = "plop") -> pd.DataFrame:
@@ -69,15 +67,17 @@ def read_summaries(recs: list[dict], metric: str = "nll", reference: str = "plop
 
 def with_holm(summary: pd.DataFrame, metric: str = "nll", reference: str = "plop",
               order: list[str] | None = None) -> pd.DataFrame:
-    parts, order = [], order or [*ARM_ORDER, "base"]
+    parts = []
     for _, g in summary.groupby(["model", "task"], sort=False):
         g = g.copy()
         compared = ~g["arm"].isin([reference, "base"])
         for col in ("p_seeds", "p_rows"):
             g[f"{col}_holm"] = np.nan
             g.loc[compared, f"{col}_holm"] = common.holm(g.loc[compared, f"{metric}_{col}"].to_numpy())
-        g["order"] = [order.index(a) if a in order else len(order) for a in g["arm"]]
-        parts.append(g.sort_values("order", kind="stable").drop(columns="order"))
+        if order:
+            g["order"] = [order.index(a) if a in order else len(order) for a in g["arm"]]
+            g = g.sort_values("order", kind="stable").drop(columns="order")
+        parts.append(g)
     return pd.concat(parts, ignore_index=True)
 
 

@@ -84,9 +84,13 @@ def truncated_share(sweep: str) -> dict[str, float]:
     return out
 
 
-def length() -> pd.DataFrame:
+def length_tables() -> dict[int, pd.DataFrame]:
+    """{max_length: the study-length-<L> types table} for the length sweeps that have run."""
     tables = {L: read_table(f"study-length-{L}", "types") for L in LENGTHS}
-    tables = {L: t for L, t in tables.items() if not t.empty}
+    return {L: t for L, t in tables.items() if not t.empty}
+
+
+def length(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame()
     rows = []
@@ -176,17 +180,29 @@ def fig_n(df: pd.DataFrame) -> None:
     fig.savefig(FIGS / "stability_n.png", dpi=110)
 
 
-def fig_length(df: pd.DataFrame) -> None:
+def fig_length(tables: dict[int, pd.DataFrame], df: pd.DataFrame) -> None:
+    """Per model, each type's NFN against max_length (a crossing line is a change of order), tau in the title."""
     if df.empty:
         return
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for m in ordered_models(df["model"]):
+    models = ordered_models(df["model"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4), squeeze=False)
+    colors: dict[str, str] = {}  # one colour per type across the panels
+    for ax, m in zip(axes[0], models, strict=True):
+        have = sorted(L for L in tables if m in set(tables[L]["model"]))
+        per_len = pd.DataFrame({L: type_series(tables[L], m, "math") for L in have})
+        for t in ranking(per_len[max(have)]):
+            ax.plot(have, per_len.loc[t], "o-", ms=3, color=colors.setdefault(t, f"C{len(colors)}"))
+            ax.annotate(t, (have[-1], per_len.loc[t, have[-1]]), xytext=(4, 0), textcoords="offset points",
+                        va="center", fontsize=8)
         d = df[df["model"] == m].sort_values("max_length")
-        ax.plot(d["max_length"], d["tau vs ref"], "o-", label=m)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("max_length (MATH, 128 sequences)")
-    ax.set_ylabel("Kendall tau to the longest length's order")
-    ax.legend(fontsize=8)
+        ax.set_title(f"{m}\ntau to {max(have)}: " + ", ".join(f"{t:.2f}" for t in d["tau vs ref"]), fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("max_length (MATH, 128 sequences)")
+        ax.set_ylabel("type NFN (mean over layers)")
+    moved = df.loc[~df["top-3 = ref"].astype(bool), ["model", "max_length"]]
+    fig.suptitle("Type NFN against the maximum length: " + (
+        "the top-3 is the same at every length on every model" if moved.empty else
+        "top-3 differs from the longest length's at " + ", ".join(f"{r.model} {r.max_length}" for r in moved.itertuples())))
     fig.tight_layout()
     fig.savefig(FIGS / "stability_length.png", dpi=110)
 
@@ -215,9 +231,10 @@ def main() -> None:
     write_table("stability_n", n, CMD, "Type order vs the number of sequences; reference = study-nfn-maps gsm8k "
                 "(128 sequences, sample seed 0). stable = all seeds give the reference top-3 and min tau >= 0.9.")
     fig_n(n)
-    L = length()
+    tables = length_tables()
+    L = length(tables)
     write_table("stability_length", L, CMD, "Type order vs max_length on MATH (128 sequences).")
-    fig_length(L)
+    fig_length(tables, L)
     est, merged = estimators()
     if not merged.empty:
         rel = (merged["value"] / merged["probe"] - 1).abs()

@@ -135,6 +135,17 @@ def experiment_rows(spec, n_train: int, n_eval: int, seed: int = 0) -> tuple[lis
     return train, held
 
 
+def experiment_key(cell_key: str, cfg: SweepConfig) -> str:
+    """The key of a cell's finetuning experiment: the cell, the finetune and evaluation configs, the code."""
+    ft_key = cfg.finetune.model_dump(mode="json", exclude={"keep_adapters"})  # what is kept changes no number
+    return config_hash("finetune", cell_key, ft_key, cfg.evaluation, artifacts.code_version())
+
+
+def run_key(experiment_key: str, arm: str, seed: int | None = None) -> str:
+    """The key of one (arm, seed) run of an experiment; arm "base" (no seed) is the base model's evaluation."""
+    return config_hash(experiment_key, "base") if arm == "base" else config_hash(experiment_key, arm, int(seed))
+
+
 def finetune_wanted(cfg: SweepConfig, cell: ScoringCell) -> bool:
     return cfg.finetune.method != "none" and cell.sample.task in (cfg.finetune_tasks or cfg.tasks)
 
@@ -150,8 +161,7 @@ def plan_experiment(cell: ScoringCell, result: CellResult, cfg: SweepConfig) -> 
     arm_pl = json.loads(lay.resolve(result.files["arm_placements"]).read_text())
     reference = Placement.from_dict(arm_pl[REFERENCE_ARM][str(ft.seeds[0])])  # the budget: plop at lora.r
     target = reference.trainable_params(ft.lora.r)
-    ft_key = ft.model_dump(mode="json", exclude={"keep_adapters"})  # what is kept does not change the numbers
-    key = config_hash("finetune", cell.key, ft_key, ev, artifacts.code_version())
+    key = experiment_key(cell.key, cfg)
     edir = lay.unit_dir("finetune", cell.model_name, cell.task_name, key)
     train_path, eval_path = edir / "train_rows.json", edir / "eval_rows.json"
     if not (lay.exists(train_path) and lay.exists(eval_path)):
@@ -166,8 +176,8 @@ def plan_experiment(cell: ScoringCell, result: CellResult, cfg: SweepConfig) -> 
         for arm in ft.arms:
             pl = arm_pl[arm][str(seed)]
             b = budget_ranks({arm: Placement.from_dict(pl)}, ft.lora.r, ft.budget_match, target=target)[arm]
-            runs.append(FinetuneRun(key=config_hash(key, arm, int(seed)), arm=arm, seed=int(seed), rank=b["rank"],
+            runs.append(FinetuneRun(key=run_key(key, arm, seed), arm=arm, seed=int(seed), rank=b["rank"],
                                     target_params=target, placement=pl, train_rows=lay.rel(train_path), **common))
-    base = BaseEval(key=config_hash(key, "base"), **common)
+    base = BaseEval(key=run_key(key, "base"), **common)
     return Experiment(run_name=cell.run_name, key=key, layout=lay, cell_key=cell.key, model_name=cell.model_name,
                       task_name=cell.task_name, reference_params=target, runs=runs, base=base)

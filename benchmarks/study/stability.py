@@ -47,23 +47,32 @@ LENGTHS = (64, 128, 256, 512, 1024)
 ESTIMATORS = ("probe", "reference", "analytic")
 
 
-def sample_size() -> pd.DataFrame:
+def sample_size_cells() -> tuple[dict, dict]:
+    """cells[model][n][seed] = the cell's type -> NFN, and refs[model] = the study-nfn-maps gsm8k order
+    (the same sampler at n=128, seed 0), for the models with both."""
     parts = [read_table(s, "types") for s in ("study-stability-n", "study-stability-n-large")]
-    df = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(not p.empty for p in parts) else None
+    parts = [p for p in parts if not p.empty]
     maps = read_table("study-nfn-maps", "types")
-    if df is None or maps.empty:
-        return pd.DataFrame()
-    rows = []
+    if not parts or maps.empty:
+        return {}, {}
+    df = pd.concat(parts, ignore_index=True)
+    cells, refs = {}, {}
     for m in ordered_models(df["model"]):
         if "gsm8k" not in set(maps[maps["model"] == m]["task"]):
             continue
-        ref = type_series(maps, m, "gsm8k")
-        cells = {}
+        refs[m] = type_series(maps, m, "gsm8k")
         for t in set(df[df["model"] == m]["task"]):
-            n, s = map(int, re.fullmatch(r"gsm8k-n(\d+)-s(\d+)", t).groups())
-            cells.setdefault(n, {})[s] = type_series(df, m, t)
-        for n in sorted(cells):
-            by_seed = cells[n]
+            n, seed = map(int, re.fullmatch(r"gsm8k-n(\d+)-s(\d+)", t).groups())
+            cells.setdefault(m, {}).setdefault(n, {})[seed] = type_series(df, m, t)
+    return cells, refs
+
+
+def sample_size(cells: dict, refs: dict) -> pd.DataFrame:
+    rows = []
+    for m, by_n in cells.items():
+        ref = refs[m]
+        for n in sorted(by_n):
+            by_seed = by_n[n]
             taus = [tau(x, ref) for x in by_seed.values()]
             between = [tau(by_seed[a], by_seed[b]) for a, b in pairs(sorted(by_seed))]
             agree = [top(x) == top(ref) for x in by_seed.values()]
@@ -159,23 +168,31 @@ def analytic_from_weights() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fig_n(df: pd.DataFrame) -> None:
+def fig_n(cells: dict, refs: dict, df: pd.DataFrame) -> None:
+    """Per model, each type's NFN against n: the mean over sample seeds, the band from the lowest to the
+    highest seed (crossing bands are where seeds can disagree on the order), the reference order's value
+    as a cross at the right."""
     if df.empty:
         return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for m in ordered_models(df["model"]):
-        d = df[df["model"] == m].sort_values("n")
-        a1.plot(d["n"], d["mean tau vs ref"], "o-", label=m)
-        a1.fill_between(d["n"], d["min tau vs ref"], d["mean tau vs ref"], alpha=0.2)
-        a2.plot(d["n"], d["top-3 = ref (share)"], "o-", label=m)
-    for a in (a1, a2):
-        a.set_xscale("log", base=2)
-        a.set_xlabel("sequences scored (gsm8k, <= 256 tokens)")
-        a.legend(fontsize=8)
-    a1.set_ylabel("Kendall tau to the 128-sequence order (mean; band: min)")
-    a2.set_ylabel("share of sample seeds with the reference top-3")
-    a2.set_ylim(-0.05, 1.05)
-    fig.suptitle("Stability of the type order against the number of sequences (5 sample seeds per n)")
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 4.2), squeeze=False)
+    colors: dict[str, str] = {}  # one colour per type across the panels
+    for ax, (m, by_n) in zip(axes[0], cells.items(), strict=True):
+        ns = sorted(by_n)
+        for t in ranking(refs[m]):
+            vals = np.array([[by_n[n][sd][t] for sd in by_n[n]] for n in ns], dtype=object)
+            mean = [float(np.mean(v)) for v in vals]
+            c = colors.setdefault(t, f"C{len(colors)}")
+            ax.plot(ns, mean, "o-", ms=3, color=c)
+            ax.fill_between(ns, [float(np.min(v)) for v in vals], [float(np.max(v)) for v in vals], color=c, alpha=0.25)
+            ax.annotate(t, (ns[-1], mean[-1]), xytext=(5, 0), textcoords="offset points", va="center", fontsize=8)
+        d = df[df["model"] == m]
+        ok = int(round((d["top-3 = ref (share)"] * d["seeds"]).sum()))
+        ax.set_title(f"{m}\nreference top-3 in {ok} of {int(d['seeds'].sum())} cells; min tau {d['min tau vs ref'].min():.2f}",
+                     fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequences scored (gsm8k, <= 256 tokens)")
+        ax.set_ylabel("type NFN (mean over seeds; band: min-max)")
+    fig.suptitle("Type NFN against the number of sequences (5 sample seeds per n)")
     fig.tight_layout()
     fig.savefig(FIGS / "stability_n.png", dpi=110)
 
@@ -227,10 +244,11 @@ def fig_estimators(merged: pd.DataFrame) -> None:
 
 
 def main() -> None:
-    n = sample_size()
+    cells, refs = sample_size_cells()
+    n = sample_size(cells, refs)
     write_table("stability_n", n, CMD, "Type order vs the number of sequences; reference = study-nfn-maps gsm8k "
                 "(128 sequences, sample seed 0). stable = all seeds give the reference top-3 and min tau >= 0.9.")
-    fig_n(n)
+    fig_n(cells, refs, n)
     tables = length_tables()
     L = length(tables)
     write_table("stability_length", L, CMD, "Type order vs max_length on MATH (128 sequences).")

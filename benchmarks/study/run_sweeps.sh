@@ -5,6 +5,8 @@
 #   PLOP_HOME=/path/to/.plop bash benchmarks/study/run_sweeps.sh ITEM [ITEM ...]
 #   ITEM = NAME                  the whole sweep deploy/sweeps/NAME.yaml
 #        | NAME:MODEL[:TASK]     only that model's (and task's) cells of it, e.g. study-nfn-maps:gemma3-270m:gsm8k
+#        | NAME:MODEL:T1,T2,...  that model's cells for several tasks (e.g. one n of study-stability-n-large:
+#                                qwen2.5-coder-0.5b:docs/study/data/gsm8k-n512-s0.jsonl,docs/study/data/gsm8k-n512-s1.jsonl)
 # Each sweep's start and end (rc, wall seconds) are printed around the runner's own progress.
 # PLOP_STUDY_NICE sets the niceness (default 15; 19 beside a CI run).
 #

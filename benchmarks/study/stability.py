@@ -169,9 +169,8 @@ def analytic_from_weights() -> pd.DataFrame:
 
 
 def fig_n(cells: dict, refs: dict, df: pd.DataFrame) -> None:
-    """Per model, each type's NFN against n: the mean over sample seeds, the band from the lowest to the
-    highest seed (crossing bands are where seeds can disagree on the order), the reference order's value
-    as a cross at the right."""
+    """Per model, each type's NFN against n: the mean over sample seeds and the band from the lowest to the
+    highest seed (crossing bands are where seeds can disagree on the order); types labelled at the right."""
     if df.empty:
         return
     fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 4.2), squeeze=False)
@@ -179,11 +178,11 @@ def fig_n(cells: dict, refs: dict, df: pd.DataFrame) -> None:
     for ax, (m, by_n) in zip(axes[0], cells.items(), strict=True):
         ns = sorted(by_n)
         for t in ranking(refs[m]):
-            vals = np.array([[by_n[n][sd][t] for sd in by_n[n]] for n in ns], dtype=object)
-            mean = [float(np.mean(v)) for v in vals]
+            per_n = [[seeds[t] for seeds in by_n[n].values()] for n in ns]  # this type's NFN in each seed
+            mean = [float(np.mean(v)) for v in per_n]
             c = colors.setdefault(t, f"C{len(colors)}")
             ax.plot(ns, mean, "o-", ms=3, color=c)
-            ax.fill_between(ns, [float(np.min(v)) for v in vals], [float(np.max(v)) for v in vals], color=c, alpha=0.25)
+            ax.fill_between(ns, [min(v) for v in per_n], [max(v) for v in per_n], color=c, alpha=0.25)
             ax.annotate(t, (ns[-1], mean[-1]), xytext=(5, 0), textcoords="offset points", va="center", fontsize=8)
         d = df[df["model"] == m]
         ok = int(round((d["top-3 = ref (share)"] * d["seeds"]).sum()))

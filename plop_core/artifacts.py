@@ -121,18 +121,21 @@ def safe_label(text: str) -> str:
     return label
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """plop's version plus a content hash of the library's source: `0.1.0+src1a2b3c4d5e`.
 
     A hash of `plop_core/**/*.py` (not the git commit) so that a cache survives commits that only touch
     docs, tests or deployment files, yet is invalidated by any change to the code that computes results,
     committed or not, and works the same for an installed wheel with no git checkout.
-    $PLOP_CODE_VERSION overrides it (e.g. to keep caches across a refactor you know changes no number).
+    $PLOP_CODE_VERSION overrides it (e.g. to keep caches across a refactor you know changes no number);
+    it is read on every call, so setting it after the first key was computed still takes effect.
     """
-    env = os.environ.get("PLOP_CODE_VERSION")
-    if env:
-        return env
+    return os.environ.get("PLOP_CODE_VERSION") or _source_version()
+
+
+@functools.lru_cache(maxsize=1)
+def _source_version() -> str:
+    """The hashed half of `code_version` (cached: the source does not change inside one process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

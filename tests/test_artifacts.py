@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,15 @@ def test_safe_label_and_code_version(monkeypatch):
     assert artifacts.safe_label("org/Model 1.5B") == "org_Model_1.5B"
     with pytest.raises(ValueError, match="give the model/task a `name`"):
         artifacts.safe_label("///")
-    assert artifacts.code_version().startswith("0.")
+    monkeypatch.delenv("PLOP_CODE_VERSION", raising=False)
+    source = artifacts.code_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+\+src[0-9a-f]{10}", source), source
+    # the override is read on every call: setting it after a first (cached) call still wins, and unsetting
+    # it gives the source hash back (the full suite once computed study keys with a stale cached version)
+    monkeypatch.setenv("PLOP_CODE_VERSION", "study-1")
+    assert artifacts.code_version() == "study-1"
+    monkeypatch.delenv("PLOP_CODE_VERSION")
+    assert artifacts.code_version() == source
 
 
 def test_plots_write_pngs(tmp_path):

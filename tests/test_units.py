@@ -33,7 +33,6 @@ def _sample(task="arithmetic", h="s1"):
 
 def test_cell_key_changes_with_everything_that_determines_the_scores(tmp_path, monkeypatch):
     monkeypatch.setenv("PLOP_CODE_VERSION", "v1")
-    artifacts.code_version.cache_clear()
     cfg = _cfg(tmp_path)
     key = plan.cell_key(_model(), _sample(), cfg)
     assert key == plan.cell_key(_model(), _sample(), _cfg(tmp_path))
@@ -53,9 +52,7 @@ def test_cell_key_changes_with_everything_that_determines_the_scores(tmp_path, m
     assert plan.cell_key(_model(), _sample(), _cfg(tmp_path, finetune={**ft, "seeds": [0]})) == \
         plan.cell_key(_model(), _sample(), _cfg(tmp_path, finetune={**ft, "seeds": [0, 1]}))
     monkeypatch.setenv("PLOP_CODE_VERSION", "v2")
-    artifacts.code_version.cache_clear()
     others.add(plan.cell_key(_model(), _sample(), cfg))
-    artifacts.code_version.cache_clear()
     assert key not in others and len(others) == 8
 
 

@@ -15,6 +15,8 @@
 # schedules: a cell's key hashes the model, the sample, the scorer/selection/finetune configs and the code
 # version, not the sweep's model/task lists or the root's name, so the cells it writes are exactly the
 # cells the whole sweep would write, and the whole sweep run later prints `cached` for them.
+# A subset run writes the sweep's sweeps/NAME/manifest.json and summary.md for that subset only: finish with
+# the whole sweep (every unit `cached`, seconds) before committing, so the manifest lists every unit.
 set -u
 cd "$(dirname "$0")/../.."
 source .ci/env.sh
